@@ -1,0 +1,3 @@
+from maider.cli import main
+
+main()

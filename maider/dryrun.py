@@ -1,0 +1,141 @@
+"""Render a Plan for `maider up --dry-run`: everything `up` would do, with nothing created."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from maider.plan import Plan
+
+SESSION_TAG = "maider"
+
+
+def _billing_note(plan: Plan) -> str:
+    return f"{plan.price}/h" + (f" (≈ ${plan.usd_per_hour:.2f}/h)" if plan.price.currency != "USD" else "")
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    fit, vllm = plan.fit, plan.fit.settings
+    provider = plan.provider_cls()
+    return {
+        "provider": plan.provider,
+        "region": plan.region,
+        "type": plan.vm_type.id,
+        "gpu": {
+            "name": plan.vm_type.gpu.name,
+            "count": plan.vm_type.gpu_count,
+            "vram_per_gpu_gb": plan.vm_type.gpu.vram_gb,
+        },
+        "hourly_price": plan.price.amount,
+        "currency": plan.price.currency,
+        "usd_per_hour": round(plan.usd_per_hour, 4),
+        "catalog_date": plan.catalog.as_of.isoformat(),
+        "model": plan.model.id,
+        "served_model_name": plan.served_model_name,
+        "fit": {
+            "weights_gib_per_gpu": round(fit.weights_gib, 2),
+            "kv_cache_gib_per_gpu": round(fit.kv_cache_gib, 2),
+            "overhead_gib_per_gpu": round(fit.overhead_gib, 2),
+            "needed_gib_per_gpu": round(fit.needed_gib, 2),
+            "usable_gib_per_gpu": round(fit.usable_gib, 2),
+            "max_context": fit.max_context,
+            "warnings": list(fit.warnings),
+        },
+        "vllm": {
+            "image": plan.settings.vllm_image,
+            "args": vllm.to_args(),
+        },
+        "open_webui": {"enabled": plan.settings.enable_openwebui, "image": plan.settings.openwebui_image},
+        "image": provider.default_image(plan.vm_type),
+        "ssh_key": {
+            "public_key": str(plan.ssh_key.public_key),
+            "managed_by_maider": plan.ssh_key.managed,
+            "exists": plan.ssh_key.exists,
+        },
+        "tags": [SESSION_TAG, f"{SESSION_TAG}-session-<id>"],
+        "credentials_configured": provider.has_credentials(),
+        "chosen": plan.chosen,
+    }
+
+
+def print_plan(plan: Plan) -> None:
+    from rich.table import Table
+
+    from maider.cli.planning import describe_fit
+    from maider.output import console
+
+    c = console()
+    provider = plan.provider_cls()
+    vm = plan.vm_type
+    vllm = plan.fit.settings
+    c.print("[bold]maider up — dry run[/bold] (nothing is created, no account is used)")
+    for note in plan.chosen:
+        c.print(f"[dim]{note}[/dim]")
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("provider", f"{plan.provider_cls.display_name} ({plan.provider})")
+    region = plan.catalog.regions.get(plan.region)
+    table.add_row("region", f"{plan.region}" + (f" — {region.label}, {region.country}" if region else ""))
+    table.add_row(
+        "type",
+        f"{vm.id} — {vm.gpu_count}× {vm.gpu.name} {vm.gpu.vram_gb:g} GB "
+        f"({vm.gpu.architecture}), {vm.vcpus} vCPU, {vm.ram_gb:g} GB RAM",
+    )
+    table.add_row(
+        "price",
+        f"{_billing_note(plan)}; 2 hours ≈ {plan.price.amount * 2:.2f} {plan.price.currency} "
+        f"(embedded catalog of {plan.catalog.as_of.isoformat()})",
+    )
+    table.add_row("model", f"{plan.model.id} served as {plan.served_model_name!r}")
+    c.print(table)
+
+    c.print("\n[bold]Fit[/bold]")
+    for line in describe_fit(plan.fit, vm):
+        c.print(f"  {line}")
+
+    c.print("\n[bold]vLLM[/bold]")
+    c.print(f"  image {plan.settings.vllm_image}")
+    c.print(f"  vllm serve {plan.model.id} " + " ".join(vllm.to_args()))
+    c.print(
+        "  + --api-key <random per session> --host 0.0.0.0 --port 8000, published on 127.0.0.1:8000 of the VM"
+    )
+    if plan.settings.enable_openwebui:
+        c.print(f"  Open WebUI {plan.settings.openwebui_image}, published on 127.0.0.1:3000 of the VM")
+
+    c.print("\n[bold]What `maider up` would create[/bold]")
+    key = plan.ssh_key
+    if key.managed:
+        state = "exists" if key.exists else "created on first run"
+        c.print(
+            f"  • SSH key pair managed by maider at {key.public_key} ({state}), uploaded to "
+            f"{plan.provider_cls.display_name} if missing"
+        )
+    else:
+        c.print(
+            f"  • your SSH public key {key.public_key}, uploaded to {plan.provider_cls.display_name} if missing"
+        )
+    c.print("  • a firewall allowing inbound SSH (22/tcp) from your public IP only; everything else dropped")
+    c.print(
+        f"  • one {vm.id} VM in {plan.region}, image {provider.default_image(vm)}, tagged "
+        f"'{SESSION_TAG}' and '{SESSION_TAG}-session-<id>'; its SSH host key is generated locally and pinned"
+    )
+    c.print(
+        "  • cloud-init user-data with the compose stack (no secrets: the HF token goes over SSH after boot)"
+    )
+    c.print("  • an SSH tunnel to free local ports for the vLLM API and Open WebUI")
+    c.print("  • aider files in this directory: .aider.model.metadata.json, .aider.model.settings.yml")
+
+    notes = []
+    if not provider.has_credentials():
+        notes.append(f"credentials: not configured — for a real run, {plan.provider_cls.credentials_help}")
+    if plan.model.gated and plan.settings.hf_token is None:
+        notes.append(f"{plan.model.id} is gated: a real run needs HF_TOKEN")
+    for note in notes:
+        c.print(f"\n[yellow]{note}[/yellow]")
+    if plan.runners_up:
+        alt = plan.runners_up[0]
+        c.print(
+            f"\n[dim]Next cheapest fit: {alt.provider} {alt.vm_type.id} in {alt.region} at {alt.price}/h "
+            f"(`maider recommend` lists more).[/dim]"
+        )

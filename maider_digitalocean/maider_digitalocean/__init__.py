@@ -1,0 +1,1 @@
+"""DigitalOcean GPU Droplets for maider."""

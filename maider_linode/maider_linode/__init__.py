@@ -1,0 +1,1 @@
+"""Linode (Akamai Cloud) GPU VMs for maider."""

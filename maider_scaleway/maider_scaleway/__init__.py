@@ -1,0 +1,1 @@
+"""Scaleway GPU Instances for maider."""
