@@ -245,6 +245,13 @@ def load_settings(flags: Mapping[str, Any] | None = None, config_path: Path | No
     path = config_path or config_file_path()
     data = read_config_file(path)
     top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    from maider import plugins
+
+    for info in plugins.discover():
+        if info.id in top:
+            raise ConfigError(
+                f'config file {path}: {info.id!r} must be a table of {info.id} settings, e.g. [{info.id}] token = "…"'
+            )
     _check_file_keys(MaiderSettings, top, f"config file {path}")
     dotenv = _from_dotenv(MaiderSettings, read_dotenv(), legacy=True)
     settings: MaiderSettings = _build(

@@ -35,9 +35,9 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             "weights_gib_per_gpu": round(fit.weights_gib, 2),
             "kv_cache_gib_per_gpu": round(fit.kv_cache_gib, 2),
             "overhead_gib_per_gpu": round(fit.overhead_gib, 2),
-            "needed_gib_per_gpu": round(fit.needed_gib, 2),
+            "needed_gib_per_gpu": round(fit.total_needed_gib, 2),
             "usable_gib_per_gpu": round(fit.usable_gib, 2),
-            "max_context": fit.max_context,
+            "max_context": fit.max_context_fit,
             "warnings": list(fit.warnings),
         },
         "vllm": {

@@ -246,7 +246,7 @@ def _choose_type(
         choices.append(
             questionary.Choice(
                 f"{t.id}  {t.gpu_count}× {t.gpu.name} {t.gpu.vram_gb:g} GB  {cand.price}/h  "
-                f"context ≤ {cand.fit.max_context}{mark}",
+                f"context ≤ {cand.fit.max_context_fit}{mark}",
                 value=i,
             )
         )
@@ -263,7 +263,7 @@ def _choose_type(
 
 def _choose_context(asker: _Asker, answers: WizardAnswers, cand: Candidate) -> int:
     auto = int(cand.fit.settings.max_model_len)
-    limit = int(cand.fit.max_context)
+    limit = int(cand.fit.max_context_fit)
     if answers.context is not None:
         if answers.context > limit:
             raise ConfigError(

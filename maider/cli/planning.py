@@ -46,8 +46,9 @@ def providers(as_json: opt.Json = False) -> None:
         return
     if not rows:
         console().print(
-            "No provider is installed. Install one with [bold]pip install 'maider[linode]'[/bold] "
-            "(or [digitalocean], [scaleway], [all]; third-party providers install the same way)."
+            "No provider is installed. Install one with pip install 'maider[linode]' (or [digitalocean], "
+            "[scaleway], [all]); third-party provider packages install the same way.",
+            markup=False,
         )
         return
     from rich.table import Table
@@ -283,12 +284,12 @@ def describe_fit(fit: Any, vm_type: Any) -> list[str]:
     s = fit.settings
     lines = [
         f"per GPU: weights {fit.weights_gib:.1f} GiB + KV cache {fit.kv_cache_gib:.1f} GiB + overhead "
-        f"{fit.overhead_gib:.1f} GiB = {fit.needed_gib:.1f} GiB of {fit.usable_gib:.1f} GiB usable "
+        f"{fit.overhead_gib:.1f} GiB = {fit.total_needed_gib:.1f} GiB of {fit.usable_gib:.1f} GiB usable "
         f"({s.gpu_memory_utilization:.0%} of {vm_type.gpu.vram_gb:g} GB)",
         f"vLLM: tensor-parallel {s.tensor_parallel_size}, context {s.max_model_len}, {s.max_num_seqs} "
         f"concurrent sequences, dtype {s.dtype}, KV cache {s.kv_cache_dtype}"
         + (f", quantization {s.quantization}" if s.quantization else ""),
-        f"largest context that fits: {fit.max_context}",
+        f"largest context that fits: {fit.max_context_fit}",
     ]
     lines += [f"note: {w}" for w in fit.warnings]
     return lines
@@ -306,9 +307,9 @@ def _candidate_json(c: Any) -> dict[str, Any]:
         "gpu": c.vm_type.gpu.name,
         "gpu_count": c.vm_type.gpu_count,
         "fit": {
-            "needed_gib_per_gpu": round(c.fit.needed_gib, 2),
+            "needed_gib_per_gpu": round(c.fit.total_needed_gib, 2),
             "usable_gib_per_gpu": round(c.fit.usable_gib, 2),
-            "max_context": c.fit.max_context,
+            "max_context": c.fit.max_context_fit,
             "warnings": list(c.fit.warnings),
         },
         "vllm": {

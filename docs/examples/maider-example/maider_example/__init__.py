@@ -1,0 +1,1 @@
+"""Example Cloud: a made-up provider showing the maider plugin contract."""

@@ -1,0 +1,69 @@
+"""Test matrix: the core alone, each provider alone, everything together, plus lint, types, packaging.
+
+`python3 -m nox` runs every session; `python3 -m nox -s tests-linode` one of them.
+Each test session installs the distributions the way a user would (non-editable), so a test
+passing here proves the installed package works, not just the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = False
+nox.options.error_on_missing_interpreters = False
+
+PROVIDERS = ("linode", "digitalocean", "scaleway")
+TEST_DEPS = ("pytest>=8", "pytest-mock>=3.12", "jsonschema>=4.20", "pyyaml>=6", "openapi-core>=0.19")
+PYTEST_ARGS = ("-m", "not packaging", "-p", "no:cacheprovider")
+
+
+def _pytest(session: nox.Session, *extra: str) -> None:
+    env = {"MAIDER_SPECS_DIR": os.environ.get("MAIDER_SPECS_DIR", os.path.abspath("../shared/specs"))}
+    session.run("pytest", *PYTEST_ARGS, *extra, *session.posargs, env=env)
+
+
+@nox.session(name="tests-core")
+def tests_core(session: nox.Session) -> None:
+    """The core with no provider installed: it must run and say how to add one."""
+    session.install(".", *TEST_DEPS)
+    _pytest(session)
+
+
+@nox.session(name="tests")
+@nox.parametrize("provider", PROVIDERS, ids=list(PROVIDERS))
+def tests_provider(session: nox.Session, provider: str) -> None:
+    """One provider alone: its catalog, settings, SDK and simulator tests."""
+    session.install(".", f"./maider_{provider}", *TEST_DEPS)
+    _pytest(session)
+
+
+@nox.session(name="tests-all")
+def tests_all(session: nox.Session) -> None:
+    """All three providers together (recommendations across clouds, currencies)."""
+    session.install(".", *(f"./maider_{p}" for p in PROVIDERS), *TEST_DEPS)
+    _pytest(session)
+
+
+@nox.session
+def packaging(session: nox.Session) -> None:
+    """Build the four wheels and install them the way users do, into fresh venvs, offline."""
+    session.install("pytest>=8", "build>=1.2")
+    session.run(
+        "pytest", "-m", "packaging", "-p", "no:cacheprovider", "tests/test_packaging.py", *session.posargs
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install(".", *(f"./maider_{p}" for p in PROVIDERS), "mypy>=1.10", "types-PyYAML")
+    session.run("mypy")
