@@ -8,6 +8,7 @@ passing here proves the installed package works, not just the checkout.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -16,12 +17,19 @@ nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = False
 
 PROVIDERS = ("linode", "digitalocean", "scaleway")
-TEST_DEPS = ("pytest>=8", "pytest-mock>=3.12", "jsonschema>=4.20", "pyyaml>=6", "openapi-core>=0.19")
+TEST_DEPS = (
+    "pytest>=8",
+    "pytest-mock>=3.12",
+    "pytest-timeout>=2.3",
+    "jsonschema>=4.20",
+    "pyyaml>=6",
+    "openapi-core>=0.19",
+)
 PYTEST_ARGS = ("-m", "not packaging", "-p", "no:cacheprovider")
 
 
 def _pytest(session: nox.Session, *extra: str) -> None:
-    env = {"MAIDER_SPECS_DIR": os.environ.get("MAIDER_SPECS_DIR", os.path.abspath("../shared/specs"))}
+    env = {"MAIDER_SPECS_DIR": os.environ.get("MAIDER_SPECS_DIR", str(Path("../shared/specs").resolve()))}
     session.run("pytest", *PYTEST_ARGS, *extra, *session.posargs, env=env)
 
 
@@ -47,7 +55,7 @@ def tests_all(session: nox.Session) -> None:
     _pytest(session)
 
 
-@nox.session
+@nox.session(venv_backend="virtualenv")  # the test drives pip itself
 def packaging(session: nox.Session) -> None:
     """Build the four wheels and install them the way users do, into fresh venvs, offline."""
     session.install("pytest>=8", "build>=1.2")

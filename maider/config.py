@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -147,10 +148,10 @@ def read_config_file(path: Path | None = None) -> dict[str, Any]:
     path = path or config_file_path()
     if not path.exists():
         return {}
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:
+        import tomli as tomllib
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
@@ -274,7 +275,7 @@ def load_provider_settings(
         raise ConfigError(f"config file {path}: {provider_cls.id!r} must be a table ([{provider_cls.id}])")
     _check_file_keys(settings_cls, table, f"[{provider_cls.id}] of config file {path}")
     dotenv = _from_dotenv(settings_cls, read_dotenv(), legacy=False)
-    return _build(settings_cls, overrides or {}, dotenv, dict(table), f"{provider_cls.display_name} settings")  # type: ignore[no-any-return]
+    return _build(settings_cls, overrides or {}, dotenv, dict(table), f"{provider_cls.display_name} settings")
 
 
 # --------------------------------------------------------------------------------------------

@@ -155,13 +155,10 @@ def rank_candidates(
 
 
 def _installed_or_fail(settings: MaiderSettings) -> list[str]:
-    installed = plugins.installed_ids()
-    if not installed:
-        raise ConfigError(plugins.no_provider_message())
     if settings.provider is not None:
         plugins.get_provider_class(settings.provider)  # raises a one-line error when unknown
         return [settings.provider]
-    return installed
+    return plugins.require_any()
 
 
 def build_plan(settings: MaiderSettings, *, allow_network: bool = True) -> Plan:

@@ -167,6 +167,17 @@ def unknown_provider_message(provider_id: str) -> str:
     )
 
 
+def require_any() -> list[str]:
+    """The loaded provider ids, or a one-line error saying how to get one."""
+    loaded, failures = load_all()
+    if loaded:
+        return list(loaded)
+    if failures:
+        names = ", ".join(f"{f.info.id} ({f.reason})" for f in failures)
+        raise UnknownProviderError(f"no provider could be loaded: {names}")
+    raise UnknownProviderError(no_provider_message())
+
+
 def no_provider_message() -> str:
     return (
         "no provider is installed: install one with pip install 'maider[linode]' "

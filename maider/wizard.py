@@ -81,9 +81,7 @@ def run_wizard(answers: WizardAnswers, *, interactive: bool, force: bool, say: A
         if not asker.confirm(f"{path} exists. Overwrite it?", default=False):
             raise MaiderError(f"kept {path} unchanged")
 
-    installed = plugins.installed_ids()
-    if not installed:
-        raise ConfigError(plugins.no_provider_message())
+    installed = plugins.require_any()
 
     base = load_settings({})
     provider_id = _choose_provider(asker, answers, installed)
@@ -175,9 +173,9 @@ def _choose_model(asker: _Asker, answers: WizardAnswers, base: MaiderSettings) -
 
     choices = [
         questionary.Choice(
-            f"{m.id}  ({m.params_b:g}B, {m.quantization or 'bf16'}, ~{m.weights_gb:.0f} GB)", value=m.id
+            f"{m.id}  ({m.params_b:g}B, {m.quantization or 'bf16'}, ~{m.weights_size_gb:.0f} GB)", value=m.id
         )
-        for m in sorted(MODELS.values(), key=lambda m: m.weights_gb)
+        for m in sorted(MODELS.values(), key=lambda m: m.weights_size_gb)
     ]
     choices.append(questionary.Choice(OTHER_MODEL, value=OTHER_MODEL))
     default = next((c for c in choices if c.value == base.model), None)

@@ -27,26 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.cloudsim import DigitalOceanSim, FakeClock, LinodeSim, NetGuard, ScalewaySim, SimServer
-from tests.cloudsim.spec import missing_spec_reason
-
-SCW_ACCESS_KEY = "SCWXXXXXXXXXXXXXXXXX"
-SCW_SECRET_KEY = "11111111-2222-3333-4444-555555555555"
-SCW_PROJECT_ID = "11111111-2222-3333-4444-555555555555"
-DO_TOKEN = "cloudsim-do-token"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def require_spec(vendor: str) -> None:
-    """Skip (locally) or fail (when CI=true) a test that needs the vendor's OpenAPI spec."""
-    reason = missing_spec_reason(vendor)
-    if reason is None:
-        return
-    if in_ci():
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
+from tests.cloudsim.testing import DO_TOKEN, SCW_ACCESS_KEY, SCW_PROJECT_ID, SCW_SECRET_KEY, validate_mode
 
 
 def _run(sim: SimServer) -> Iterator[SimServer]:
@@ -58,11 +39,6 @@ def _run(sim: SimServer) -> Iterator[SimServer]:
     if sim.violations:
         text = "\n\n".join(str(v) for v in sim.violations[:10])
         pytest.fail(f"{len(sim.violations)} {sim.vendor} simulator violation(s):\n{text}", pytrace=False)
-
-
-def _validate_mode(vendor: str) -> bool | None:
-    # In CI a missing spec must fail (checker required); locally it just turns the checks off.
-    return True if in_ci() and vendor in ("linode", "digitalocean") else None
 
 
 @pytest.fixture
@@ -84,12 +60,12 @@ def cloudsim_net_guard() -> Iterator[NetGuard]:
 
 @pytest.fixture
 def linode_sim(cloudsim_clock: FakeClock, cloudsim_net_guard: NetGuard) -> Iterator[LinodeSim]:
-    yield from _run(LinodeSim(clock=cloudsim_clock, validate=_validate_mode("linode")))  # type: ignore[misc]
+    yield from _run(LinodeSim(clock=cloudsim_clock, validate=validate_mode("linode")))  # type: ignore[misc]
 
 
 @pytest.fixture
 def digitalocean_sim(cloudsim_clock: FakeClock, cloudsim_net_guard: NetGuard) -> Iterator[DigitalOceanSim]:
-    yield from _run(DigitalOceanSim(clock=cloudsim_clock, validate=_validate_mode("digitalocean")))  # type: ignore[misc]
+    yield from _run(DigitalOceanSim(clock=cloudsim_clock, validate=validate_mode("digitalocean")))  # type: ignore[misc]
 
 
 @pytest.fixture

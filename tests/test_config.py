@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
@@ -91,7 +90,7 @@ def test_out_of_range_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -
 
 def test_written_config_is_private_and_round_trips() -> None:
     path = write_config_file({"provider": "linode", "linode": {"token": "tok-secret"}})
-    mode = stat.S_IMODE(os.stat(path).st_mode)
+    mode = stat.S_IMODE(path.stat().st_mode)
     assert mode == 0o600
     assert read_config_file(path)["linode"]["token"] == "tok-secret"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -18,7 +18,7 @@ from maider import __version__
 class _MaiderGroup(TyperGroup):
     """Turns errors the user can fix into one line on stderr and a non-zero exit (no traceback)."""
 
-    def invoke(self, ctx: typer.Context) -> object:
+    def invoke(self, ctx: Any) -> Any:
         from maider.errors import MaiderError
 
         try:

@@ -100,8 +100,9 @@ def list_types(
     from maider.errors import ConfigError
     from maider.output import console
 
-    if not plugins.installed_ids():
-        raise ConfigError(plugins.no_provider_message())
+    if provider:
+        plugins.get_provider_class(provider)
+    plugins.require_any()
     cats = catalog.catalogs([provider.lower()] if provider else None)
     if region is not None and not any(region in c.regions for c in cats.values()):
         if provider:
@@ -209,10 +210,9 @@ def recommend(
     settings = load_settings(opt.flags(model=model, context=context, provider=provider, region=region))
     if budget is not None and budget <= 0:
         raise ConfigError(f"--budget must be a positive price per hour, got {budget}")
-    if not planning.plugins.installed_ids():
-        raise ConfigError(planning.plugins.no_provider_message())
     if settings.provider:
         planning.plugins.get_provider_class(settings.provider)
+    planning.plugins.require_any()
     spec = planning.resolve_model(settings)
     fitting, rejected = planning.rank_candidates(
         spec,
@@ -327,7 +327,7 @@ def _print_models(as_json: bool) -> None:
     from maider.models import MODELS
     from maider.output import console
 
-    specs = sorted(MODELS.values(), key=lambda m: (m.weights_gb, m.id))
+    specs = sorted(MODELS.values(), key=lambda m: (m.weights_size_gb, m.id))
     if as_json:
         print(
             json.dumps(
@@ -337,7 +337,7 @@ def _print_models(as_json: bool) -> None:
                             "id": m.id,
                             "params_b": m.params_b,
                             "quantization": m.quantization,
-                            "weights_gb": m.weights_gb,
+                            "weights_gb": round(m.weights_size_gb, 2),
                             "max_context": m.max_context,
                             "gated": m.gated,
                         }
@@ -358,7 +358,7 @@ def _print_models(as_json: bool) -> None:
         table.add_column(col)
     for m in specs:
         params = f"{m.params_b:g}B" + (f" ({m.active_params_b:g}B active)" if m.active_params_b else "")
-        table.add_row(m.id, params, m.quantization or "-", f"{m.weights_gb:.1f} GB", str(m.max_context))
+        table.add_row(m.id, params, m.quantization or "-", f"{m.weights_size_gb:.1f} GB", str(m.max_context))
     console().print(table)
 
 
