@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from maider import plugins
 from maider.errors import ConfigError
@@ -20,19 +21,41 @@ class Offer:
     price: Price
 
 
-def provider_catalog(provider_cls: type[Provider]) -> Catalog:
-    return provider_cls.embedded_catalog()
+_chosen: dict[str, CatalogChoice] = {}
 
 
-def catalogs(provider_ids: Iterable[str] | None = None) -> dict[str, Catalog]:
-    """Catalogs of the installed providers (all, or the named ones), keyed by provider id."""
-    loaded, _ = plugins.load_all()
-    wanted = list(provider_ids) if provider_ids is not None else list(loaded)
+def catalogs(provider_ids: Iterable[str] | None = None, *, refresh: bool = False) -> dict[str, Catalog]:
+    """Catalogs of the installed providers (all, or the named ones), keyed by provider id.
+
+    Each provider's catalog is chosen once per process (see `current_catalog`); `refresh`
+    forces a live read. Notes about stale or fallback data are in `catalog_notes()`.
+    """
+    wanted = [p.lower() for p in provider_ids] if provider_ids is not None else plugins.require_any()
     result: dict[str, Catalog] = {}
     for pid in wanted:
-        cls = plugins.get_provider_class(pid)
-        result[cls.id if cls.id == pid else pid] = provider_catalog(cls)
+        if refresh or pid not in _chosen:
+            provider = plugins.get_provider_class(pid)()
+            _chosen[pid] = current_catalog(provider, refresh=refresh, ttl_hours=_ttl_hours())
+        result[pid] = _chosen[pid].catalog
     return result
+
+
+def catalog_notes() -> list[str]:
+    return [c.note for c in _chosen.values() if c.note]
+
+
+def forget_catalogs() -> None:
+    _chosen.clear()
+
+
+def _ttl_hours() -> float:
+    import os
+
+    raw = os.environ.get("MAIDER_CATALOG_TTL_HOURS", "24")
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise ConfigError(f"MAIDER_CATALOG_TTL_HOURS must be a number of hours, got {raw!r}") from None
 
 
 def offers(cats: dict[str, Catalog], region: str | None = None) -> list[Offer]:
@@ -87,3 +110,135 @@ def check_type_in_region(cat: Catalog, vm_type: VMType, region: str) -> None:
         if alternatives:
             hint += f"; in {region} you can use {', '.join(t.id for t in alternatives[:4])}"
         raise ConfigError(f"{cat.provider} does not sell {vm_type.id} in {region}: {hint}")
+
+
+# --------------------------------------------------------------------------------------------
+# Live catalogs, cached on disk
+# --------------------------------------------------------------------------------------------
+
+CACHE_VERSION = 1
+
+
+def catalog_to_json(cat: Catalog, fetched_at: float) -> dict[str, object]:
+    from dataclasses import asdict
+
+    return {
+        "version": CACHE_VERSION,
+        "provider": cat.provider,
+        "fetched_at": fetched_at,
+        "as_of": cat.as_of.isoformat(),
+        "note": cat.note,
+        "regions": [asdict(r) for r in cat.regions.values()],
+        "types": [
+            {**asdict(t), "region_prices": {k: asdict(v) for k, v in t.region_prices.items()}}
+            for t in cat.types.values()
+        ],
+    }
+
+
+def catalog_from_json(data: dict[str, object]) -> Catalog:
+    import datetime as dt
+
+    from maider.provider import GPUModel, Region
+
+    def vm_type(raw: dict[str, object]) -> VMType:
+        gpu = dict(raw["gpu"])  # type: ignore[call-overload]
+        cc = gpu.get("compute_capability")
+        gpu["compute_capability"] = tuple(cc) if cc else None
+        return VMType(
+            id=str(raw["id"]),
+            label=str(raw["label"]),
+            provider=str(raw["provider"]),
+            gpu=GPUModel(**gpu),
+            gpu_count=int(raw["gpu_count"]),
+            vcpus=int(raw["vcpus"]),
+            ram_gb=float(raw["ram_gb"]),  # type: ignore[call-overload]
+            hourly_price=Price(**raw["hourly_price"]),  # type: ignore[arg-type]
+            regions=tuple(raw["regions"]),  # type: ignore[call-overload]
+            disk_gb=raw.get("disk_gb"),  # type: ignore[arg-type]
+            region_prices={k: Price(**v) for k, v in dict(raw.get("region_prices") or {}).items()},
+            notes=str(raw.get("notes", "")),
+        )
+
+    regions = [Region(**r) for r in data["regions"]]  # type: ignore[attr-defined]
+    types = [vm_type(t) for t in data["types"]]  # type: ignore[attr-defined]
+    return Catalog(
+        provider=str(data["provider"]),
+        regions={r.id: r for r in regions},
+        types={t.id: t for t in types},
+        as_of=dt.date.fromisoformat(str(data["as_of"])),
+        source="live",
+        note=str(data.get("note", "")),
+    )
+
+
+def _cache_file(provider_id: str) -> Path:
+    from maider.paths import cache_dir
+
+    return cache_dir() / "catalogs" / f"{provider_id}.json"
+
+
+def read_cached(provider_id: str) -> tuple[Catalog, float] | None:
+    """The cached live catalog and when it was fetched (epoch seconds), if readable."""
+    import json
+
+    path = _cache_file(provider_id)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("version") != CACHE_VERSION:
+            return None
+        return catalog_from_json(data), float(data["fetched_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a missing or corrupt cache is just a cache miss
+
+
+def write_cached(cat: Catalog, fetched_at: float) -> None:
+    import json
+
+    from maider.config import write_private_file
+
+    write_private_file(_cache_file(cat.provider), json.dumps(catalog_to_json(cat, fetched_at)))
+
+
+@dataclass(frozen=True)
+class CatalogChoice:
+    catalog: Catalog
+    note: str = ""  # shown to the user when the data is not fresh live data
+
+
+def current_catalog(provider: Provider, *, refresh: bool = False, ttl_hours: float = 24.0) -> CatalogChoice:
+    """Live catalog (refreshed when asked, or when stale and credentials are configured),
+    else the cached one, else the embedded one — with a note saying which and why."""
+    import time
+
+    from maider.provider import ProviderError
+
+    cached = read_cached(provider.id)
+    now = time.time()
+    stale = cached is None or now - cached[1] > ttl_hours * 3600
+    problem = ""
+    if refresh or (stale and provider.has_credentials()):
+        try:
+            live = provider.fetch_catalog()
+        except ProviderError as exc:
+            live, problem = None, str(exc)
+        if live is not None:
+            write_cached(live, now)
+            return CatalogChoice(live)
+        if not problem:
+            problem = "this provider has no live catalog"
+    name = provider.display_name
+    if cached is not None:
+        age_h = (now - cached[1]) / 3600
+        note = f"{name}: using prices cached {age_h:.0f} h ago" + (
+            f" (refresh failed: {problem})" if problem else ""
+        )
+        return CatalogChoice(cached[0], note if (problem or stale) else "")
+    embedded = provider.embedded_catalog()
+    note = f"{name}: embedded catalog of {embedded.as_of.isoformat()}"
+    note += (
+        f" (live refresh failed: {problem})"
+        if problem
+        else " (`maider list-types --refresh` reads live prices)"
+    )
+    return CatalogChoice(embedded, note)

@@ -27,6 +27,7 @@ from maider.paths import config_file_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from maider.provider import Provider
+    from maider.retry import RetryPolicy
 
 DOTENV_FILE = ".env"
 
@@ -135,7 +136,14 @@ class ProviderSettings(_LayeredSettings):
     """Base for a provider's settings. Subclasses set ``env_prefix`` (``MAIDER_<ID>_``) and add fields."""
 
     api_url: str | None = Field(default=None, description="override the API base URL (proxy, simulator)")
-    request_timeout: float = Field(default=30.0, gt=0, le=600)
+    request_timeout: float = Field(default=30.0, gt=0, le=600, description="seconds per API request")
+    max_attempts: int = Field(default=5, ge=1, le=20, description="tries per API call (429/5xx/network)")
+    retry_max_seconds: float = Field(default=120.0, gt=0, le=3600, description="give up retrying after this")
+
+    def retry_policy(self) -> RetryPolicy:
+        from maider.retry import RetryPolicy
+
+        return RetryPolicy(attempts=self.max_attempts, max_seconds=self.retry_max_seconds)
 
 
 # --------------------------------------------------------------------------------------------

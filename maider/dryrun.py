@@ -131,8 +131,11 @@ def print_plan(plan: Plan) -> None:
         notes.append(f"credentials: not configured — for a real run, {plan.provider_cls.credentials_help}")
     if plan.model.gated and plan.settings.hf_token is None:
         notes.append(f"{plan.model.id} is gated: a real run needs HF_TOKEN")
+    from maider.catalog import catalog_notes
+
+    notes += catalog_notes()
     for note in notes:
-        c.print(f"\n[yellow]{note}[/yellow]")
+        c.print(f"\n{note}", style="yellow", markup=False)
     if plan.runners_up:
         alt = plan.runners_up[0]
         c.print(

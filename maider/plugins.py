@@ -200,3 +200,6 @@ def reset_cache() -> None:
     discover.cache_clear()
     load_all.cache_clear()
     _warned.clear()
+    from maider.catalog import forget_catalogs
+
+    forget_catalogs()

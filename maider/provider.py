@@ -201,7 +201,8 @@ class InstanceSpec:
     region: str
     type_id: str
     user_data: str  # a #cloud-config document; never contains secrets
-    tags: tuple[str, ...]
+    tags: tuple[str, ...]  # always contains "maider" and session_tag
+    session_tag: str  # unique per session ("maider-session-<id>"): finds the VM if a create answer is lost
     ssh_public_key: str
     ssh_key_id: str | None = None
     firewall_id: str | None = None
@@ -238,6 +239,14 @@ class CapacityError(ProviderError):
 
 class NotFound(ProviderError):
     """The resource does not exist (for deletes: it is gone)."""
+
+
+def scrub(text: str, secrets: list[str | None]) -> str:
+    """`text` with every secret replaced, for messages built from vendor answers or exceptions."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
 
 
 class ProviderLoadError(Exception):
@@ -298,8 +307,19 @@ class Provider(ABC):
         return bool(cls.credential_env_vars) and all(os.environ.get(v) for v in cls.credential_env_vars)
 
     def catalog(self) -> Catalog:
-        """The catalog to plan with. Providers with live refresh override this."""
-        return self.embedded_catalog()
+        """The catalog to plan with: the embedded one unless a live one was attached."""
+        return getattr(self, "_catalog", None) or self.embedded_catalog()
+
+    def use_catalog(self, catalog: Catalog) -> None:
+        """Plan with `catalog` (a live or cached one) instead of the embedded data."""
+        self._catalog = catalog
+
+    def fetch_catalog(self) -> Catalog | None:
+        """Regions, GPU types, prices and availability read from the API (network).
+
+        None means the provider has no live catalog; the core then uses the embedded one.
+        """
+        return None
 
     def list_regions(self) -> list[Region]:
         return list(self.catalog().regions.values())

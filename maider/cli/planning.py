@@ -34,9 +34,13 @@ def providers(as_json: opt.Json = False) -> None:
             row["contract"] = cls.contract_version
             row["credentials"] = _credentials_state(cls)
             row["credential_variables"] = list(cls.credential_env_vars)
-            cat = cls.embedded_catalog()
+            from maider.catalog import read_cached
+
+            cached = read_cached(info.id)
+            cat = cached[0] if cached else cls.embedded_catalog()
             row["gpu_types"] = len(cat.types)
             row["catalog_date"] = cat.as_of.isoformat()
+            row["catalog_source"] = cat.source
             row["currency"] = cls.currency
         else:
             row["error"] = failed[info.id].reason if info.id in failed else "not loaded"
@@ -64,7 +68,7 @@ def providers(as_json: opt.Json = False) -> None:
                 row["version"],
                 f"v{row['contract']}",
                 row["credentials"],
-                f"{row['gpu_types']} types, {row['currency']}, {row['catalog_date']}",
+                f"{row['gpu_types']} types, {row['currency']}, {row['catalog_source']} {row['catalog_date']}",
             )
         else:
             table.add_row(
@@ -93,6 +97,9 @@ def list_types(
         Optional[float],  # noqa: UP045
         typer.Option("--min-vram", help="Minimum total VRAM (all GPUs) in GB."),
     ] = None,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Read regions, types and prices from the providers' APIs now.")
+    ] = False,
     as_json: opt.Json = False,
 ) -> None:
     """Every GPU type of every installed provider, with price and regions."""
@@ -103,7 +110,7 @@ def list_types(
     if provider:
         plugins.get_provider_class(provider)
     plugins.require_any()
-    cats = catalog.catalogs([provider.lower()] if provider else None)
+    cats = catalog.catalogs([provider.lower()] if provider else None, refresh=refresh)
     if region is not None and not any(region in c.regions for c in cats.values()):
         if provider:
             catalog.check_region(cats[provider.lower()], region)
@@ -178,11 +185,10 @@ def list_types(
             ", ".join(t.regions),
         )
     console().print(table)
-    dates = ", ".join(f"{pid} {cat.as_of.isoformat()}" for pid, cat in cats.items())
-    console().print(
-        f"[dim]{len(rows)} types. Embedded catalogs as of: {dates}. Prices change; "
-        "the provider's API is the authority.[/dim]"
-    )
+    dates = ", ".join(f"{pid} {cat.source} {cat.as_of.isoformat()}" for pid, cat in cats.items())
+    console().print(f"[dim]{len(rows)} types. Catalogs: {dates}.[/dim]", markup=True)
+    for note in catalog.catalog_notes():
+        console().print(note, style="dim", markup=False)
 
 
 @app.command()
