@@ -1,8 +1,9 @@
 """Test matrix: the core alone, each provider alone, everything together, plus lint, types, packaging.
 
-`python3 -m nox` runs every session; `python3 -m nox -s tests-linode` one of them.
-Each test session installs the distributions the way a user would (non-editable), so a test
-passing here proves the installed package works, not just the checkout.
+`python3 -m nox` runs every session; `python3 -m nox -s "tests(linode)"` one of them (`nox -l` lists).
+Test sessions install the distributions non-editable and ignore the uv workspace sources
+(`--no-sources`), the way a user's pip would; the repository root is still on sys.path for the
+test helpers, so the `packaging` session is the one that proves the built wheels themselves.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ TEST_DEPS = (
 PYTEST_ARGS = ("-m", "not packaging", "-p", "no:cacheprovider")
 
 
+def _install(session: nox.Session, *args: str) -> None:
+    # uv would otherwise honour [tool.uv.sources] and install the workspace editable.
+    extra = ("--no-sources",) if session.venv_backend == "uv" else ()
+    session.install(*extra, *args)
+
+
 def _pytest(session: nox.Session, *extra: str) -> None:
     env = {"MAIDER_SPECS_DIR": os.environ.get("MAIDER_SPECS_DIR", str(Path("../shared/specs").resolve()))}
     session.run("pytest", *PYTEST_ARGS, *extra, *session.posargs, env=env)
@@ -36,7 +43,7 @@ def _pytest(session: nox.Session, *extra: str) -> None:
 @nox.session(name="tests-core")
 def tests_core(session: nox.Session) -> None:
     """The core with no provider installed: it must run and say how to add one."""
-    session.install(".", *TEST_DEPS)
+    _install(session, ".", *TEST_DEPS)
     _pytest(session)
 
 
@@ -44,20 +51,20 @@ def tests_core(session: nox.Session) -> None:
 @nox.parametrize("provider", PROVIDERS, ids=list(PROVIDERS))
 def tests_provider(session: nox.Session, provider: str) -> None:
     """One provider alone: its catalog, settings, SDK and simulator tests."""
-    session.install(".", f"./maider_{provider}", *TEST_DEPS)
+    _install(session, ".", f"./maider_{provider}", *TEST_DEPS)
     _pytest(session)
 
 
 @nox.session(name="tests-all")
 def tests_all(session: nox.Session) -> None:
     """All three providers together (recommendations across clouds, currencies)."""
-    session.install(".", *(f"./maider_{p}" for p in PROVIDERS), *TEST_DEPS)
+    _install(session, ".", *(f"./maider_{p}" for p in PROVIDERS), *TEST_DEPS)
     _pytest(session)
 
 
 @nox.session(venv_backend="virtualenv")  # the test drives pip itself
 def packaging(session: nox.Session) -> None:
-    """Build the four wheels and install them the way users do, into fresh venvs, offline."""
+    """Build the four wheels (plus the example plugin) and install them as users do, offline."""
     session.install("pytest>=8", "build>=1.2")
     session.run(
         "pytest", "-m", "packaging", "-p", "no:cacheprovider", "tests/test_packaging.py", *session.posargs

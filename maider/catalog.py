@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from maider import plugins
-from maider.errors import ConfigError
+from maider.errors import ConfigError, MaiderError
 from maider.provider import Catalog, Price, Provider, VMType
 
 
@@ -30,13 +31,26 @@ def catalogs(provider_ids: Iterable[str] | None = None, *, refresh: bool = False
     Each provider's catalog is chosen once per process (see `current_catalog`); `refresh`
     forces a live read. Notes about stale or fallback data are in `catalog_notes()`.
     """
+    explicit = provider_ids is not None
     wanted = [p.lower() for p in provider_ids] if provider_ids is not None else plugins.require_any()
     result: dict[str, Catalog] = {}
     for pid in wanted:
         if refresh or pid not in _chosen:
-            provider = plugins.get_provider_class(pid)()
-            _chosen[pid] = current_catalog(provider, refresh=refresh, ttl_hours=_ttl_hours())
+            cls = plugins.get_provider_class(pid)
+            try:
+                provider = cls()
+                _chosen[pid] = current_catalog(provider, refresh=refresh, ttl_hours=_ttl_hours())
+            except MaiderError:
+                raise
+            except Exception as exc:  # a plugin's catalog or settings module is broken
+                message = f"provider {pid!r} is unusable: its catalog or settings failed ({type(exc).__name__}: {exc})"
+                if explicit:
+                    raise ConfigError(message) from None
+                plugins.warn(message)
+                continue
         result[pid] = _chosen[pid].catalog
+    if not result:
+        raise ConfigError("no installed provider has a usable catalog (see the warnings above)")
     return result
 
 
@@ -119,7 +133,7 @@ def check_type_in_region(cat: Catalog, vm_type: VMType, region: str) -> None:
 CACHE_VERSION = 1
 
 
-def catalog_to_json(cat: Catalog, fetched_at: float) -> dict[str, object]:
+def catalog_to_json(cat: Catalog, fetched_at: float) -> dict[str, Any]:
     from dataclasses import asdict
 
     return {
@@ -136,13 +150,13 @@ def catalog_to_json(cat: Catalog, fetched_at: float) -> dict[str, object]:
     }
 
 
-def catalog_from_json(data: dict[str, object]) -> Catalog:
+def catalog_from_json(data: dict[str, Any]) -> Catalog:
     import datetime as dt
 
     from maider.provider import GPUModel, Region
 
-    def vm_type(raw: dict[str, object]) -> VMType:
-        gpu = dict(raw["gpu"])  # type: ignore[call-overload]
+    def vm_type(raw: dict[str, Any]) -> VMType:
+        gpu = dict(raw["gpu"])
         cc = gpu.get("compute_capability")
         gpu["compute_capability"] = tuple(cc) if cc else None
         return VMType(
@@ -152,16 +166,16 @@ def catalog_from_json(data: dict[str, object]) -> Catalog:
             gpu=GPUModel(**gpu),
             gpu_count=int(raw["gpu_count"]),
             vcpus=int(raw["vcpus"]),
-            ram_gb=float(raw["ram_gb"]),  # type: ignore[call-overload]
-            hourly_price=Price(**raw["hourly_price"]),  # type: ignore[arg-type]
-            regions=tuple(raw["regions"]),  # type: ignore[call-overload]
-            disk_gb=raw.get("disk_gb"),  # type: ignore[arg-type]
+            ram_gb=float(raw["ram_gb"]),
+            hourly_price=Price(**raw["hourly_price"]),
+            regions=tuple(raw["regions"]),
+            disk_gb=raw.get("disk_gb"),
             region_prices={k: Price(**v) for k, v in dict(raw.get("region_prices") or {}).items()},
             notes=str(raw.get("notes", "")),
         )
 
-    regions = [Region(**r) for r in data["regions"]]  # type: ignore[attr-defined]
-    types = [vm_type(t) for t in data["types"]]  # type: ignore[attr-defined]
+    regions = [Region(**r) for r in data["regions"]]
+    types = [vm_type(t) for t in data["types"]]
     return Catalog(
         provider=str(data["provider"]),
         regions={r.id: r for r in regions},

@@ -144,7 +144,11 @@ def rank_candidates(
         if key not in fits_by_type:
             fits_by_type[key] = _fit(model, offer.vm_type, settings)
         fit = fits_by_type[key]
-        usd = catalogs.to_usd(offer.price, settings.usd_per_eur)
+        try:
+            usd = catalogs.to_usd(offer.price, settings.usd_per_eur)
+        except ConfigError as exc:
+            plugins.warn(f"{offer.provider} {offer.vm_type.id}: {exc}; left out of the comparison")
+            continue
         cand = Candidate(offer.provider, offer.region, offer.vm_type, offer.price, usd, fit)
         if fit.fits and (budget_usd is None or usd <= budget_usd):
             fitting.append(cand)
@@ -232,6 +236,7 @@ def build_plan(settings: MaiderSettings, *, allow_network: bool = True) -> Plan:
     if problems or ssh is None:
         raise PlanError(problems)
     served = settings.served_model_name or default_served_name(model.id)
+    fit = _with_user_args(best.fit, served, settings)
     return Plan(
         provider_cls=plugins.get_provider_class(best.provider),
         catalog=catalogs.catalogs([best.provider])[best.provider],
@@ -240,7 +245,7 @@ def build_plan(settings: MaiderSettings, *, allow_network: bool = True) -> Plan:
         price=best.price,
         usd_per_hour=best.usd_per_hour,
         model=model,
-        fit=best.fit,
+        fit=fit,
         served_model_name=served,
         ssh_key=ssh,
         settings=settings,
@@ -249,6 +254,21 @@ def build_plan(settings: MaiderSettings, *, allow_network: bool = True) -> Plan:
             :5
         ],
     )
+
+
+def _with_user_args(fit: FitEstimate, served: str, settings: MaiderSettings) -> FitEstimate:
+    """The fit with what the user adds on top of sizing: the served name and extra vLLM flags."""
+    import dataclasses
+    import shlex
+
+    try:
+        extra = tuple(shlex.split(settings.vllm_extra_args))
+    except ValueError as exc:
+        raise ConfigError(f"vllm_extra_args is not valid shell syntax ({exc}): check its quotes") from None
+    vllm = dataclasses.replace(
+        fit.settings, served_model_name=served, extra_args=(*fit.settings.extra_args, *extra)
+    )
+    return dataclasses.replace(fit, settings=vllm)
 
 
 def validate_settings(settings: MaiderSettings) -> tuple[Plan | None, list[str]]:

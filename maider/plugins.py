@@ -105,6 +105,10 @@ def _load_class(info: ProviderInfo) -> type[Provider]:
     if not (isinstance(obj, type) and issubclass(obj, Provider)):
         raise _Failure(f"{info.target} is not a maider.provider.Provider subclass")
     version = getattr(obj, "contract_version", None)
+    if version is None:
+        raise _Failure(
+            f"{info.target} does not declare contract_version (set it to maider.provider.CONTRACT_VERSION)"
+        )
     if version not in SUPPORTED_CONTRACT_VERSIONS:
         supported = ", ".join(str(v) for v in sorted(SUPPORTED_CONTRACT_VERSIONS))
         raise _Failure(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import importlib
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -269,7 +268,8 @@ class Provider(ABC):
 
     id: ClassVar[str]
     display_name: ClassVar[str]
-    contract_version: ClassVar[int] = CONTRACT_VERSION
+    #: Required: the contract version this class implements (normally `maider.provider.CONTRACT_VERSION`).
+    contract_version: ClassVar[int]
     catalog_module: ClassVar[str]
     settings_model: ClassVar[str]
     #: Environment variables that, when all set, provide credentials (shown by `maider providers`).
@@ -302,17 +302,11 @@ class Provider(ABC):
 
         return load_provider_settings(cls, overrides)
 
-    @classmethod
-    def credentials_in_environment(cls) -> bool:
-        return bool(cls.credential_env_vars) and all(os.environ.get(v) for v in cls.credential_env_vars)
-
     def catalog(self) -> Catalog:
-        """The catalog to plan with: the embedded one unless a live one was attached."""
-        return getattr(self, "_catalog", None) or self.embedded_catalog()
+        """The catalog the core plans with: live, cached or embedded (see maider.catalog)."""
+        from maider.catalog import catalogs
 
-    def use_catalog(self, catalog: Catalog) -> None:
-        """Plan with `catalog` (a live or cached one) instead of the embedded data."""
-        self._catalog = catalog
+        return catalogs([self.id])[self.id]
 
     def fetch_catalog(self) -> Catalog | None:
         """Regions, GPU types, prices and availability read from the API (network).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from maider.provider import ProviderError, VMInstance
 
@@ -59,14 +59,14 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
-def _retrying(policy: RetryPolicy):  # type: ignore[no-untyped-def]
+def _retrying(policy: RetryPolicy) -> Any:
     from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
     from tenacity.wait import wait_base, wait_exponential_jitter
 
-    backoff = wait_exponential_jitter(initial=policy.initial_wait, max=policy.max_wait)
+    backoff = wait_exponential_jitter(multiplier=policy.initial_wait, max=policy.max_wait, jitter=policy.initial_wait)
 
     class _RetryAfterOrBackoff(wait_base):
-        def __call__(self, retry_state):  # type: ignore[no-untyped-def]
+        def __call__(self, retry_state: Any) -> float:
             exc = retry_state.outcome.exception() if retry_state.outcome else None
             hinted = getattr(exc, "retry_after", None)
             if hinted is not None:

@@ -107,7 +107,8 @@ def run_wizard(answers: WizardAnswers, *, interactive: bool, force: bool, say: A
     )
     plan = planning.build_plan(final)  # the same checks `up` runs
 
-    data: dict[str, Any] = {k: v for k, v in existing.items() if isinstance(v, dict) and k != provider_id}
+    # Keep what the wizard does not ask about (other providers' tables, hf_token, images...).
+    data: dict[str, Any] = {k: v for k, v in existing.items() if k != provider_id}
     data.update(
         {
             "provider": provider_id,
@@ -129,7 +130,7 @@ def run_wizard(answers: WizardAnswers, *, interactive: bool, force: bool, say: A
         f"Wrote {written} (mode 0600): {provider_id} {candidate.vm_type.id} in {region}, {model_id}, "
         f"context {plan.fit.settings.max_model_len}, {plan.price}/h."
     )
-    say("Next: `maider up --dry-run` to review the plan, then `maider up`.")
+    say("Next: `maider up --dry-run` to review the plan.")
     return written
 
 
@@ -137,6 +138,8 @@ def _choose_provider(asker: _Asker, answers: WizardAnswers, installed: list[str]
     if answers.provider:
         plugins.get_provider_class(answers.provider)
         return answers.provider.lower()
+    if not asker.interactive and base_provider(answers) in installed:
+        return str(base_provider(answers))
     if len(installed) == 1 or not asker.interactive:
         return installed[0] if len(installed) == 1 else _cheapest_provider(answers)
     import questionary
@@ -151,6 +154,11 @@ def _choose_provider(asker: _Asker, answers: WizardAnswers, installed: list[str]
             )
         )
     return str(asker.select("Cloud provider", choices))
+
+
+def base_provider(answers: WizardAnswers) -> str | None:
+    """The provider already configured (config file, .env, environment), if any."""
+    return load_settings({}).provider
 
 
 def _cheapest_provider(answers: WizardAnswers) -> str:

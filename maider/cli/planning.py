@@ -55,6 +55,7 @@ def providers(as_json: opt.Json = False) -> None:
             markup=False,
         )
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="Installed providers", title_justify="left")
@@ -67,12 +68,17 @@ def providers(as_json: opt.Json = False) -> None:
                 row["package"],
                 row["version"],
                 f"v{row['contract']}",
-                row["credentials"],
+                escape(row["credentials"]),
                 f"{row['gpu_types']} types, {row['currency']}, {row['catalog_source']} {row['catalog_date']}",
             )
         else:
             table.add_row(
-                row["id"], row["package"], row["version"], "-", "-", f"[red]failed: {row['error']}[/red]"
+                row["id"],
+                row["package"],
+                row["version"],
+                "-",
+                "-",
+                f"[red]failed: {escape(row['error'])}[/red]",
             )
     console().print(table)
 
@@ -279,7 +285,7 @@ def recommend(
                 f"{cand.fit.headroom_gib:.1f} GiB",
             )
         c.print(table)
-    if any(x.price.currency != "USD" for x in fitting[:6]):
+    if any(x.price.currency != "USD" for x in [best, *runners[:5]]):
         c.print(
             f"[dim]EUR prices compared at 1 EUR = {settings.usd_per_eur} USD (set MAIDER_USD_PER_EUR).[/dim]"
         )

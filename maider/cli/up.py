@@ -33,7 +33,7 @@ def up(
     from maider import plan as planning
     from maider.config import load_settings
     from maider.dryrun import plan_json, print_plan
-    from maider.errors import PlanError
+    from maider.errors import MaiderError, PlanError
 
     settings = load_settings(
         opt.flags(
@@ -63,6 +63,8 @@ def up(
     problems = planning.account_problems(plan)
     if problems:
         raise PlanError(problems)
-    # Live provisioning needs the providers' API layer and the session lifecycle (not in this release).
-    provider_obj = plan.provider_cls()
-    provider_obj.ensure_ssh_key(plan.ssh_key.public_key.read_text() if plan.ssh_key.exists else "", "maider")
+    # Provisioning needs the session lifecycle (state, SSH, tunnel), which is not in this release:
+    # say so instead of creating a VM that nothing would track.
+    raise MaiderError(
+        "this release of maider plans but does not provision yet: `maider up --dry-run` shows the full plan"
+    )

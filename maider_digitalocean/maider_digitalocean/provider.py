@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from maider.provider import CatalogOnlyProvider, VMType
+from maider.provider import CONTRACT_VERSION, CatalogOnlyProvider, VMType
 
 
 class DigitalOceanProvider(CatalogOnlyProvider):
     id: ClassVar[str] = "digitalocean"
+    contract_version: ClassVar[int] = CONTRACT_VERSION
     display_name: ClassVar[str] = "DigitalOcean"
     catalog_module: ClassVar[str] = "maider_digitalocean.catalog"
     settings_model: ClassVar[str] = "maider_digitalocean.settings:DigitalOceanSettings"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from maider.provider import CatalogOnlyProvider, VMType
+from maider.provider import CONTRACT_VERSION, CatalogOnlyProvider, VMType
 
 
 class LinodeProvider(CatalogOnlyProvider):
     id: ClassVar[str] = "linode"
+    contract_version: ClassVar[int] = CONTRACT_VERSION
     display_name: ClassVar[str] = "Linode"
     catalog_module: ClassVar[str] = "maider_linode.catalog"
     settings_model: ClassVar[str] = "maider_linode.settings:LinodeSettings"

@@ -2,13 +2,14 @@
 
 from typing import ClassVar
 
-from maider.provider import CatalogOnlyProvider
+from maider.provider import CONTRACT_VERSION, CatalogOnlyProvider
 
 
 class ExampleProvider(CatalogOnlyProvider):
     # CatalogOnlyProvider: planning works (list-types, recommend, up --dry-run); network methods
     # raise a clear error until you implement them (subclass maider.provider.Provider then).
     id: ClassVar[str] = "example"
+    contract_version: ClassVar[int] = CONTRACT_VERSION
     display_name: ClassVar[str] = "Example Cloud"
     catalog_module: ClassVar[str] = "maider_example.catalog"
     settings_model: ClassVar[str] = "maider_example.settings:ExampleSettings"
