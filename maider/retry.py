@@ -63,7 +63,9 @@ def _retrying(policy: RetryPolicy) -> Any:
     from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
     from tenacity.wait import wait_base, wait_exponential_jitter
 
-    backoff = wait_exponential_jitter(multiplier=policy.initial_wait, max=policy.max_wait, jitter=policy.initial_wait)
+    backoff = wait_exponential_jitter(
+        multiplier=policy.initial_wait, max=policy.max_wait, jitter=policy.initial_wait
+    )
 
     class _RetryAfterOrBackoff(wait_base):
         def __call__(self, retry_state: Any) -> float:

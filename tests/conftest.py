@@ -13,6 +13,8 @@ import pytest
 
 from maider import plugins
 
+pytest_plugins = ["tests.conftest_cloudsim"]
+
 REPO = Path(__file__).resolve().parent.parent
 
 #: Variables that would let the developer's real accounts or settings leak into a test.

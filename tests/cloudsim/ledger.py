@@ -76,6 +76,8 @@ class InstanceRecord:
     stuck: bool = False
     #: [start, end] power-on intervals, for power-based billing (end None while running).
     power_intervals: list[list[float | None]] = field(default_factory=list)
+    #: The vendor's name for "up and reachable" ("running"; DigitalOcean says "active").
+    ready_state: str = "running"
     #: Vendor-specific data the simulator needs to render the object (firewall ids, etc.).
     attrs: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -122,8 +124,15 @@ class InstanceRecord:
         return None
 
     @property
+    def last_change(self) -> float:
+        """When the visible state last changed (planned future changes do not count)."""
+        now = self.clock.now()
+        past = [at for at, _ in self.transitions if at <= now]
+        return past[-1] if past else self.created_at
+
+    @property
     def running_at(self) -> float | None:
-        return self.first_time_in("running")
+        return self.first_time_in(self.ready_state)
 
     @property
     def gone_at(self) -> float | None:
