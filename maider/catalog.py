@@ -38,7 +38,8 @@ def catalogs(provider_ids: Iterable[str] | None = None, *, refresh: bool = False
         if refresh or pid not in _chosen:
             cls = plugins.get_provider_class(pid)
             try:
-                provider = cls()
+                # An automatic refresh must not hold a planning command up: one try, short timeout.
+                provider = cls() if refresh else cls(cls.load_settings(max_attempts=1, request_timeout=10))
                 _chosen[pid] = current_catalog(provider, refresh=refresh, ttl_hours=_ttl_hours())
             except MaiderError:
                 raise

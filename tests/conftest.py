@@ -37,8 +37,17 @@ _LEAKY_ENV = (
 )
 
 
+#: Where each provider's API would be: a closed loopback port, so a test that configures a fake
+#: token can never reach a real cloud (the net guard would fail it if it tried).
+_CLOSED_API_URLS = {
+    "MAIDER_LINODE_API_URL": "http://127.0.0.1:9/v4",
+    "MAIDER_DIGITALOCEAN_API_URL": "http://127.0.0.1:9/v2/",
+    "MAIDER_SCALEWAY_API_URL": "http://127.0.0.1:9",
+}
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cloudsim_net_guard: object) -> Iterator[Path]:
     for name in list(os.environ):
         if name in _LEAKY_ENV or (name.startswith("MAIDER_") and name != "MAIDER_SPECS_DIR"):
             monkeypatch.delenv(name, raising=False)
@@ -50,6 +59,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("MAIDER_DATA_DIR", str(home / "data"))
     monkeypatch.setenv("SCW_CONFIG_PATH", str(home / "no-scw-config.yaml"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # tests never reach the Hugging Face hub
+    for name, url in _CLOSED_API_URLS.items():
+        monkeypatch.setenv(name, url)
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)

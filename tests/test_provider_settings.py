@@ -22,11 +22,12 @@ def test_linode_token_from_vendor_variable(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_provider_table_in_config_file_and_env_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     require_providers("linode")
-    write_config_file({"linode": {"token": "from-file", "api_url": "http://127.0.0.1:9/v4"}})
+    monkeypatch.delenv("MAIDER_LINODE_API_URL")
+    write_config_file({"linode": {"token": "from-file", "api_url": "http://127.0.0.1:7/v4"}})
     cls = plugins.get_provider_class("linode")
     settings = cls.load_settings()
     assert settings.token.get_secret_value() == "from-file"  # type: ignore[attr-defined]
-    assert settings.api_url == "http://127.0.0.1:9/v4"  # type: ignore[attr-defined]
+    assert settings.api_url == "http://127.0.0.1:7/v4"  # type: ignore[attr-defined]
     monkeypatch.setenv("MAIDER_LINODE_API_URL", "http://127.0.0.1:8/v4")
     monkeypatch.setenv("LINODE_TOKEN", "from-env")
     settings = cls.load_settings()
