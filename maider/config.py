@@ -139,11 +139,18 @@ class ProviderSettings(_LayeredSettings):
     request_timeout: float = Field(default=30.0, gt=0, le=600, description="seconds per API request")
     max_attempts: int = Field(default=5, ge=1, le=20, description="tries per API call (429/5xx/network)")
     retry_max_seconds: float = Field(default=120.0, gt=0, le=3600, description="give up retrying after this")
+    retry_initial_wait: float = Field(default=0.5, ge=0, le=60, description="first back-off wait, seconds")
+    retry_max_wait: float = Field(default=30.0, ge=0, le=600, description="longest single wait (Retry-After too)")
 
     def retry_policy(self) -> RetryPolicy:
         from maider.retry import RetryPolicy
 
-        return RetryPolicy(attempts=self.max_attempts, max_seconds=self.retry_max_seconds)
+        return RetryPolicy(
+            attempts=self.max_attempts,
+            max_seconds=self.retry_max_seconds,
+            initial_wait=self.retry_initial_wait,
+            max_wait=self.retry_max_wait,
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ entry-point discovery is concerned.
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -15,6 +16,7 @@ def make_plugin(
     root: Path, dist: str, entry_name: str, target: str, module_name: str, source: str, version: str = "1.0"
 ) -> Path:
     root.mkdir(parents=True, exist_ok=True)
+    sys.modules.pop(module_name, None)  # an earlier test's module of the same name must not be reused
     (root / f"{module_name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
     info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(exist_ok=True)

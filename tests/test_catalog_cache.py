@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -36,15 +37,17 @@ TinyProvider.has_credentials = lambda self: os.environ.get("TINY_TOKEN") is not 
 @pytest.fixture
 def tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "site"
+    # A module name of its own: other tests import a plain `tiny_cloud`, and sys.modules keeps it.
     make_plugin(
         root,
         "maider-tiny",
         "tiny",
-        "tiny_cloud:TinyProvider",
-        "tiny_cloud",
-        tiny_provider_source("tiny", "tiny_cloud") + LIVE_FETCHER,
+        "tiny_live_cloud:TinyProvider",
+        "tiny_live_cloud",
+        tiny_provider_source("tiny", "tiny_live_cloud") + LIVE_FETCHER,
     )
     monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(sys.modules, "tiny_live_cloud", raising=False)
     monkeypatch.setenv("MAIDER_PROVIDERS", "tiny")
     plugins.reset_cache()
 

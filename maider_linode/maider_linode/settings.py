@@ -19,3 +19,5 @@ class LinodeSettings(ProviderSettings):
         description="personal access token with Linodes, Firewalls and SSH keys read/write",
     )
     image: str = Field(default="linode/ubuntu24.04", description="image for new GPU Linodes")
+    # The API's maximum: a listing then costs one request per 500 objects (the API default is 100).
+    page_size: int = Field(default=500, ge=25, le=500, description="objects per page when listing")

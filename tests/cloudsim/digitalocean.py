@@ -73,6 +73,7 @@ class DigitalOceanSim(SimServer):
             ("GET", P + "/firewalls", self.list_firewalls),
             ("POST", P + "/firewalls", self.create_firewall),
             ("GET", P + r"/firewalls/(?P<fw>[0-9a-f-]+)", self.get_firewall),
+            ("PUT", P + r"/firewalls/(?P<fw>[0-9a-f-]+)", self.update_firewall),
             ("POST", P + r"/firewalls/(?P<fw>[0-9a-f-]+)/droplets", self.firewall_add_droplets),
             ("POST", P + r"/firewalls/(?P<fw>[0-9a-f-]+)/tags", self.firewall_add_tags),
             ("GET", P + "/droplets", self.list_droplets),
@@ -297,6 +298,22 @@ class DigitalOceanSim(SimServer):
             else [{"droplet_id": d, "removing": False, "status": "waiting"} for d in fw["droplet_ids"]]
         )
         return out
+
+    def update_firewall(self, req: Request) -> Reply:
+        """PUT replaces the whole firewall: whatever the body omits (droplets, tags) is dropped."""
+        fw = self.firewalls.get(req.params["fw"])
+        if fw is None:
+            return self.not_found()
+        body = req.json() or {}
+        fw.update(
+            name=body["name"],
+            inbound_rules=[_clean_rule(r, "sources") for r in body.get("inbound_rules") or []],
+            outbound_rules=[_clean_rule(r, "destinations") for r in body.get("outbound_rules") or []],
+            droplet_ids=[int(d) for d in body.get("droplet_ids") or []],
+            tags=[str(t) for t in body.get("tags") or []],
+            changed_at=self.clock.now(),
+        )
+        return self.ok(200, {"firewall": self._fw_json(fw)})
 
     def create_firewall(self, req: Request) -> Reply:
         body = _body(req)

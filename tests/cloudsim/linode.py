@@ -87,11 +87,15 @@ class LinodeSim(SimServer):
             ("GET", P + r"/regions/(?P<region>[^/]+)", self.get_region),
             ("GET", P + "/linode/types", self.list_types),
             ("GET", P + r"/linode/types/(?P<type>[^/]+)", self.get_type),
+            ("GET", P + "/profile", self.get_profile),
             ("GET", P + "/profile/sshkeys", self.list_keys),
             ("POST", P + "/profile/sshkeys", self.create_key),
+            ("GET", P + r"/profile/sshkeys/(?P<key>\d+)", self.get_key),
             ("GET", P + "/networking/firewalls", self.list_firewalls),
             ("POST", P + "/networking/firewalls", self.create_firewall),
             ("GET", P + r"/networking/firewalls/(?P<fw>\d+)", self.get_firewall),
+            ("GET", P + r"/networking/firewalls/(?P<fw>\d+)/rules", self.get_rules),
+            ("PUT", P + r"/networking/firewalls/(?P<fw>\d+)/rules", self.put_rules),
             ("GET", P + r"/networking/firewalls/(?P<fw>\d+)/devices", self.list_devices),
             ("POST", P + r"/networking/firewalls/(?P<fw>\d+)/devices", self.create_device),
             ("GET", P + "/linode/instances", self.list_instances),
@@ -233,6 +237,19 @@ class LinodeSim(SimServer):
     def list_keys(self, req: Request) -> Reply:
         return self._page(req, list(self.ssh_keys))
 
+    def get_profile(self, req: Request) -> Reply:
+        # The cheapest authenticated call: what a credentials check uses.
+        return Reply(200, {"username": "maider-sim", "email": "sim@example.invalid", "uid": 1234,
+                           "restricted": False, "two_factor_auth": False, "authorized_keys": None,
+                           "email_notifications": True, "ip_whitelist_enabled": False,
+                           "lish_auth_method": "keys_only", "referrals": {"code": "", "url": "", "total": 0,
+                           "completed": 0, "pending": 0, "credit": 0}, "timezone": "UTC"})
+
+    def get_key(self, req: Request) -> Reply:
+        key_id = int(req.params["key"])
+        item = next((k for k in self.ssh_keys if k["id"] == key_id), None)
+        return Reply(200, item) if item else self.not_found()
+
     def create_key(self, req: Request) -> Reply:
         body = _body(req)
         key = str(body.get("ssh_key", "")).strip()
@@ -255,6 +272,27 @@ class LinodeSim(SimServer):
     def get_firewall(self, req: Request) -> Reply:
         fw = self.firewalls.get(int(req.params["fw"]))
         return Reply(200, fw) if fw else self.not_found()
+
+    def get_rules(self, req: Request) -> Reply:
+        fw = self.firewalls.get(int(req.params["fw"]))
+        return Reply(200, fw["rules"]) if fw else self.not_found()
+
+    def put_rules(self, req: Request) -> Reply:
+        """Replace a firewall's rules (the response is the rules with a new fingerprint/version)."""
+        fw = self.firewalls.get(int(req.params["fw"]))
+        if fw is None:
+            return self.not_found()
+        body = _body(req)
+        rules = {
+            "inbound": body.get("inbound", []),
+            "inbound_policy": body.get("inbound_policy", fw["rules"]["inbound_policy"]),
+            "outbound": body.get("outbound", []),
+            "outbound_policy": body.get("outbound_policy", fw["rules"]["outbound_policy"]),
+        }
+        rules["fingerprint"] = hashlib.sha1(json.dumps(rules, sort_keys=True).encode()).hexdigest()[:8]
+        rules["version"] = int(fw["rules"].get("version", 1)) + 1
+        fw["rules"] = rules
+        return Reply(200, rules)
 
     def create_firewall(self, req: Request) -> Reply:
         body = _body(req)
