@@ -41,6 +41,7 @@ from maider_digitalocean.provider import DigitalOceanProvider  # noqa: E402
 from maider_digitalocean.settings import DigitalOceanSettings, normalize_api_url  # noqa: E402
 from tests.cloudsim import DigitalOceanSim, FakeClock, NetGuard  # noqa: E402
 from tests.cloudsim.catalogs import DOSize  # noqa: E402
+from tests.cloudsim.contract import SimCloud  # noqa: E402
 from tests.cloudsim.core import Reply, Request  # noqa: E402
 
 # python-digitalocean 1.17 calls jsonpickle in a way it deprecates; not ours to fix.
@@ -61,37 +62,6 @@ OPERATIONS: dict[str, tuple[str | None, str]] = {
     "firewall": (None, r"^/v2/firewalls"),
     "catalog": ("GET", r"^/v2/(sizes|regions)/?$"),
 }
-
-
-class SimCloud:
-    """The CloudDouble of maider.testing over a DigitalOceanSim."""
-
-    def __init__(self, sim: DigitalOceanSim, clock: FakeClock) -> None:
-        self.sim = sim
-        self.clock = clock
-        self.secrets = [TOKEN, BAD_TOKEN]
-
-    def advance(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-
-    def running_ids(self) -> set[str]:
-        return {r.id for r in self.sim.ledger.running("digitalocean")}
-
-    def fail(self, operation: str, kind: str, *, on_call: int = 1, times: int = 1) -> None:
-        method, path = OPERATIONS[operation]
-        # Retry-After 0 keeps the suite fast; the header's parsing is tested on its own below.
-        extra = {"retry_after": 0} if kind == "rate_limit" else {}
-        self.sim.faults.add(method=method, path=path, kind=kind, on_call=on_call, times=times, **extra)
-
-    def vanish(self, instance_id: str) -> None:
-        self.sim.vanish(instance_id)
-
-    def request_texts(self) -> list[str]:
-        return [e.request_text() for e in self.sim.log]
-
-    def count(self, operation: str) -> int:
-        method, path = OPERATIONS[operation]
-        return self.sim.log.count(method, path)
 
 
 def make_provider(sim: DigitalOceanSim, token: str | None = TOKEN, **settings: Any) -> DigitalOceanProvider:
@@ -115,7 +85,7 @@ def sim(digitalocean_sim: DigitalOceanSim, monkeypatch: pytest.MonkeyPatch) -> D
 
 @pytest.fixture
 def cloud(sim: DigitalOceanSim, cloudsim_clock: FakeClock) -> SimCloud:
-    return SimCloud(sim, cloudsim_clock)
+    return SimCloud(sim, cloudsim_clock, OPERATIONS, [TOKEN, BAD_TOKEN])
 
 
 @pytest.fixture

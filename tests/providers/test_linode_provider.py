@@ -30,12 +30,13 @@ from maider.provider import (  # noqa: E402 - after the importorskips, on purpos
     NotFound,
     ProviderError,
 )
-from maider.retry import RetryPolicy, TransientError  # noqa: E402
+from maider.retry import TransientError  # noqa: E402
 from maider.testing import TEST_PUBLIC_KEY, USER_DATA, ProviderContract  # noqa: E402
 from maider_linode import catalog as embedded  # noqa: E402
 from maider_linode.provider import LinodeProvider  # noqa: E402
 from maider_linode.settings import LinodeSettings  # noqa: E402
 from tests.cloudsim import FakeClock, LinodeSim, NetGuard  # noqa: E402
+from tests.cloudsim.contract import SimCloud  # noqa: E402
 from tests.cloudsim.linode import NO_CAPACITY_REASON  # noqa: E402
 from tests.cloudsim.testing import validate_mode  # noqa: E402
 
@@ -57,35 +58,6 @@ OPERATIONS: dict[str, tuple[str | None, str]] = {
 }
 
 
-class LinodeCloud:
-    """The contract suite's CloudDouble over a LinodeSim."""
-
-    def __init__(self, sim: LinodeSim, clock: FakeClock, secrets: list[str]) -> None:
-        self.sim, self.clock, self.secrets = sim, clock, secrets
-
-    def advance(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-
-    def running_ids(self) -> set[str]:
-        return {r.id for r in self.sim.ledger.running("linode")}
-
-    def fail(self, operation: str, kind: str, *, on_call: int = 1, times: int = 1) -> None:
-        method, path = OPERATIONS[operation]
-        # Retry-After 0 keeps the suite fast; that the header is honoured is tested below.
-        extra = {"retry_after": 0} if kind == "rate_limit" else {}
-        self.sim.faults.add(method=method, path=path, kind=kind, on_call=on_call, times=times, **extra)
-
-    def vanish(self, instance_id: str) -> None:
-        self.sim.vanish(instance_id)
-
-    def request_texts(self) -> list[str]:
-        return [e.request_text() for e in self.sim.log]
-
-    def count(self, operation: str) -> int:
-        method, path = OPERATIONS[operation]
-        return self.sim.log.count(method, path)
-
-
 def make_provider(
     sim: LinodeSim,
     token: str | None = TOKEN,
@@ -96,27 +68,19 @@ def make_provider(
     return LinodeProvider(settings_class(token=SecretStr(token) if token else None, **fields))
 
 
-class QuickRetrySettings(LinodeSettings):
-    """The same retry logic with millisecond back-off, for the 28-case fault matrix (the contract
-    suite above runs with the real policy)."""
-
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.max_attempts, self.retry_max_seconds, initial_wait=0.005, max_wait=0.02)
-
-
 @pytest.fixture
-def cloud(linode_sim: LinodeSim, cloudsim_clock: FakeClock) -> LinodeCloud:
+def cloud(linode_sim: LinodeSim, cloudsim_clock: FakeClock) -> SimCloud:
     linode_sim.token = TOKEN  # only this token is accepted, so bad_provider meets a real 401
-    return LinodeCloud(linode_sim, cloudsim_clock, [TOKEN, BAD_TOKEN])
+    return SimCloud(linode_sim, cloudsim_clock, OPERATIONS, [TOKEN, BAD_TOKEN])
 
 
 @pytest.fixture
-def provider(cloud: LinodeCloud) -> LinodeProvider:
+def provider(cloud: SimCloud) -> LinodeProvider:
     return make_provider(cloud.sim)
 
 
 @pytest.fixture
-def bad_provider(cloud: LinodeCloud) -> LinodeProvider:
+def bad_provider(cloud: SimCloud) -> LinodeProvider:
     return make_provider(cloud.sim, token=BAD_TOKEN)
 
 
@@ -154,7 +118,7 @@ def leaked(sim: LinodeSim, known: set[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_create_sends_user_data_keys_tags_and_firewall(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_create_sends_user_data_keys_tags_and_firewall(provider: LinodeProvider, cloud: SimCloud) -> None:
     sim = cloud.sim
     user_data = "#cloud-config\nwrite_files:\n  - path: /etc/maider\n    content: 'ünïcode ✓'\n"
     fw = provider.ensure_firewall("maider-ssh", ["203.0.113.7/32"], ("maider",))
@@ -177,7 +141,7 @@ def test_create_sends_user_data_keys_tags_and_firewall(provider: LinodeProvider,
     assert leaked(sim, set()) == []
 
 
-def test_image_override_and_default(cloud: LinodeCloud) -> None:
+def test_image_override_and_default(cloud: SimCloud) -> None:
     provider = make_provider(cloud.sim, image="linode/ubuntu22.04")
     a = provider.create_instance(spec())
     b = provider.create_instance(spec(image="linode/debian12"))
@@ -187,15 +151,13 @@ def test_image_override_and_default(cloud: LinodeCloud) -> None:
     )
 
 
-def test_oversized_user_data_is_refused_before_any_request(
-    provider: LinodeProvider, cloud: LinodeCloud
-) -> None:
+def test_oversized_user_data_is_refused_before_any_request(provider: LinodeProvider, cloud: SimCloud) -> None:
     with pytest.raises(ProviderError, match="65535"):
         provider.create_instance(spec(user_data="#" * 65536))
     assert len(cloud.sim.log) == 0
 
 
-def test_region_without_metadata_is_refused(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_region_without_metadata_is_refused(provider: LinodeProvider, cloud: SimCloud) -> None:
     cloud.sim.tamper(
         lambda body: {**body, "capabilities": [c for c in body["capabilities"] if c != "Metadata"]},
         method="GET",
@@ -219,9 +181,7 @@ def test_region_without_metadata_is_refused(provider: LinodeProvider, cloud: Lin
         ("billing_suspension", InstanceStatus.ERROR),
     ],
 )
-def test_status_mapping(
-    provider: LinodeProvider, cloud: LinodeCloud, raw: str, status: InstanceStatus
-) -> None:
+def test_status_mapping(provider: LinodeProvider, cloud: SimCloud, raw: str, status: InstanceStatus) -> None:
     vm = provider.create_instance(spec())
     cloud.sim.tamper(lambda body: {**body, "status": raw}, method="GET", path="/v4/linode/instances/*")
     got = provider.get_instance(vm.id)
@@ -229,7 +189,7 @@ def test_status_mapping(
 
 
 def test_running_instance_reports_its_public_ipv4_not_the_private_one(
-    provider: LinodeProvider, cloud: LinodeCloud
+    provider: LinodeProvider, cloud: SimCloud
 ) -> None:
     vm = provider.create_instance(spec())
     cloud.advance(120)
@@ -244,7 +204,7 @@ def test_running_instance_reports_its_public_ipv4_not_the_private_one(
     assert got.status is InstanceStatus.RUNNING and got.public_ipv4 == public
 
 
-def test_malformed_id_is_not_found_without_a_request(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_malformed_id_is_not_found_without_a_request(provider: LinodeProvider, cloud: SimCloud) -> None:
     with pytest.raises(NotFound):
         provider.get_instance("i-not-a-linode")
     provider.delete_instance("i-not-a-linode")
@@ -252,7 +212,7 @@ def test_malformed_id_is_not_found_without_a_request(provider: LinodeProvider, c
     assert len(cloud.sim.log) == 0
 
 
-def test_a_failing_delete_is_not_read_as_deleted(cloud: LinodeCloud) -> None:
+def test_a_failing_delete_is_not_read_as_deleted(cloud: SimCloud) -> None:
     provider = make_provider(cloud.sim, max_attempts=2)
     vm = provider.create_instance(spec())
     cloud.sim.faults.add(method="DELETE", path="/v4/linode/instances/*", kind="server_error", times=None)
@@ -264,7 +224,7 @@ def test_a_failing_delete_is_not_read_as_deleted(cloud: LinodeCloud) -> None:
     assert cloud.running_ids() == set()
 
 
-def test_sold_out_region_is_a_capacity_error(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_sold_out_region_is_a_capacity_error(provider: LinodeProvider, cloud: SimCloud) -> None:
     cloud.sim.set_available(REGION, TYPE_ID, False)  # the simulator's own sell-out, no fault
     with pytest.raises(CapacityError) as info:
         provider.create_instance(spec())
@@ -274,7 +234,7 @@ def test_sold_out_region_is_a_capacity_error(provider: LinodeProvider, cloud: Li
     assert cloud.sim.log.count("POST", "/v4/linode/instances") == 1  # not retried
 
 
-def test_permission_403_is_an_auth_error(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_permission_403_is_an_auth_error(provider: LinodeProvider, cloud: SimCloud) -> None:
     cloud.sim.faults.add(
         method="GET", path="/v4/linode/instances", kind="no_capacity", message="Unauthorized"
     )
@@ -287,7 +247,7 @@ def test_permission_403_is_an_auth_error(provider: LinodeProvider, cloud: Linode
 # --------------------------------------------------------------------------------------------
 
 
-def test_listing_beyond_one_page(cloud: LinodeCloud) -> None:
+def test_listing_beyond_one_page(cloud: SimCloud) -> None:
     """30 tagged Linodes, pages of 25 (the API's smallest): one request per page, never a short list."""
     sim = cloud.sim
     provider = make_provider(sim, page_size=25)
@@ -331,7 +291,7 @@ def test_listing_beyond_one_page(cloud: LinodeCloud) -> None:
         provider.list_instances("maider")
 
 
-def test_tag_filter_is_exact(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_tag_filter_is_exact(provider: LinodeProvider, cloud: SimCloud) -> None:
     s = spec()
     vm = provider.create_instance(s)
     assert provider.list_instances(s.session_tag[:-1]) == []  # a prefix is another tag
@@ -343,7 +303,7 @@ def test_tag_filter_is_exact(provider: LinodeProvider, cloud: LinodeCloud) -> No
 # --------------------------------------------------------------------------------------------
 
 
-def test_ssh_key_matched_by_key_material(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_ssh_key_matched_by_key_material(provider: LinodeProvider, cloud: SimCloud) -> None:
     first = provider.ensure_ssh_key(TEST_PUBLIC_KEY, "maider")
     body = TEST_PUBLIC_KEY.rsplit(" ", 1)[0]
     assert provider.ensure_ssh_key(body + " another-comment", "other-label") == first
@@ -353,13 +313,13 @@ def test_ssh_key_matched_by_key_material(provider: LinodeProvider, cloud: Linode
     assert cloud.sim.log.count("POST", "/v4/profile/sshkeys") == 2
 
 
-def test_spec_with_key_id_only_installs_that_key(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_spec_with_key_id_only_installs_that_key(provider: LinodeProvider, cloud: SimCloud) -> None:
     key_id = provider.ensure_ssh_key(OTHER_KEY, "maider")
     vm = provider.create_instance(spec(ssh_public_key="", ssh_key_id=key_id))
     assert cloud.sim.instance(vm.id).attrs["authorized_keys"] == [OTHER_KEY]
 
 
-def test_a_key_path_is_never_read(provider: LinodeProvider, cloud: LinodeCloud, tmp_path: Path) -> None:
+def test_a_key_path_is_never_read(provider: LinodeProvider, cloud: SimCloud, tmp_path: Path) -> None:
     # linode_api4 would read a path given as a key and send the file's content.
     path = tmp_path / "id_ed25519.pub"
     path.write_text(TEST_PUBLIC_KEY)
@@ -383,7 +343,7 @@ def ssh_rule(ipv4: list[str], ipv6: list[str]) -> dict[str, Any]:
     }
 
 
-def test_firewall_rules_on_the_wire(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_firewall_rules_on_the_wire(provider: LinodeProvider, cloud: SimCloud) -> None:
     fw = provider.ensure_firewall("maider-ssh", ["203.0.113.7/32", "2001:db8::1/64"], ("maider", "x"))
     posted = cloud.sim.log.find("POST", "/v4/networking/firewalls")
     assert len(posted) == 1
@@ -400,7 +360,7 @@ def test_firewall_rules_on_the_wire(provider: LinodeProvider, cloud: LinodeCloud
     assert cloud.sim.firewalls[int(fw)]["tags"] == ["maider", "x"]
 
 
-def test_bad_cidr_is_refused_before_any_request(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_bad_cidr_is_refused_before_any_request(provider: LinodeProvider, cloud: SimCloud) -> None:
     with pytest.raises(ProviderError, match="CIDR"):
         provider.ensure_firewall("maider-ssh", ["203.0.113.999/32"], ())
     with pytest.raises(ProviderError, match="at least one"):
@@ -438,9 +398,9 @@ def test_existing_firewall_gets_its_rules_fixed(rules_sim: LinodeSim) -> None:
 
 @pytest.mark.parametrize("kind", ["rate_limit", "server_error", "drop", "lost_response"])
 @pytest.mark.parametrize("operation", ["create", "get", "list", "delete", "ssh_key", "firewall", "catalog"])
-def test_every_fault_is_survived_without_leaks(cloud: LinodeCloud, operation: str, kind: str) -> None:
+def test_every_fault_is_survived_without_leaks(cloud: SimCloud, operation: str, kind: str) -> None:
     sim = cloud.sim
-    provider = make_provider(sim, settings_class=QuickRetrySettings)
+    provider = make_provider(sim, retry_initial_wait=0.005, retry_max_wait=0.02)
     known: set[str] = set()
     s = spec()
     target = provider.create_instance(spec()) if operation in ("get", "delete") else None
@@ -480,14 +440,14 @@ def test_every_fault_is_survived_without_leaks(cloud: LinodeCloud, operation: st
     assert leaked(sim, known) == []
 
 
-def test_rate_limit_waits_for_retry_after(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_rate_limit_waits_for_retry_after(provider: LinodeProvider, cloud: SimCloud) -> None:
     cloud.sim.faults.add(method="GET", path="/v4/linode/instances", kind="rate_limit", retry_after=1)
     started = time.monotonic()
     assert provider.list_instances("maider") == []
     assert time.monotonic() - started >= 1.0
 
 
-def test_retries_stop_at_max_attempts(cloud: LinodeCloud) -> None:
+def test_retries_stop_at_max_attempts(cloud: SimCloud) -> None:
     provider = make_provider(cloud.sim, max_attempts=3)
     cloud.sim.faults.add(
         method="GET", path="/v4/linode/instances", kind="rate_limit", retry_after=0, times=None
@@ -498,7 +458,7 @@ def test_retries_stop_at_max_attempts(cloud: LinodeCloud) -> None:
     assert cloud.sim.log.count("GET", "/v4/linode/instances") == 3
 
 
-def test_request_timeout_applies(cloud: LinodeCloud) -> None:
+def test_request_timeout_applies(cloud: SimCloud) -> None:
     provider = make_provider(cloud.sim, request_timeout=0.2, max_attempts=1)
     cloud.sim.faults.add(method="GET", path="/v4/linode/instances", kind="slow", delay=2.0, times=None)
     started = time.monotonic()
@@ -550,9 +510,7 @@ def test_api_url_override_reaches_every_request(
     assert {e.client for e in linode_sim.log} == {"127.0.0.1"}
 
 
-def test_no_token_anywhere(
-    provider: LinodeProvider, bad_provider: LinodeProvider, cloud: LinodeCloud
-) -> None:
+def test_no_token_anywhere(provider: LinodeProvider, bad_provider: LinodeProvider, cloud: SimCloud) -> None:
     full_session(provider, cloud.clock)
     errors: list[str] = []
     check = bad_provider.check_credentials()
@@ -601,7 +559,7 @@ def test_default_api_url_is_linodes_and_blocked_here(
 # --------------------------------------------------------------------------------------------
 
 
-def test_live_catalog_follows_availability(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_live_catalog_follows_availability(provider: LinodeProvider, cloud: SimCloud) -> None:
     cloud.sim.set_available("us-east", TYPE_ID, False)
     live = provider.fetch_catalog()
     assert live.source == "live" and live.provider == "linode"
@@ -618,7 +576,7 @@ def test_live_catalog_follows_availability(provider: LinodeProvider, cloud: Lino
     assert [e.headers["x-filter"] for e in gpu_filter] == ['{"class": "gpu"}']
 
 
-def test_live_catalog_reads_region_prices(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_live_catalog_reads_region_prices(provider: LinodeProvider, cloud: SimCloud) -> None:
     def priced(body: Any) -> Any:  # Linode's reported shape: $0 base, real prices per region
         for t in body["data"]:
             if t["id"] == TYPE_ID:
@@ -637,7 +595,7 @@ def test_live_catalog_reads_region_prices(provider: LinodeProvider, cloud: Linod
 
 
 def test_live_catalog_drops_regions_without_metadata_and_unknown_gpus(
-    provider: LinodeProvider, cloud: LinodeCloud
+    provider: LinodeProvider, cloud: SimCloud
 ) -> None:
     def no_metadata(body: Any) -> Any:
         for r in body["data"]:
@@ -659,7 +617,7 @@ def test_live_catalog_drops_regions_without_metadata_and_unknown_gpus(
     assert "ap-west" in live.note and "g9-gpu-mystery-1" in live.note
 
 
-def test_capacity_message_is_the_vendors(provider: LinodeProvider, cloud: LinodeCloud) -> None:
+def test_capacity_message_is_the_vendors(provider: LinodeProvider, cloud: SimCloud) -> None:
     cloud.fail("create", "no_capacity")
     with pytest.raises(CapacityError) as info:
         provider.create_instance(spec())
