@@ -25,6 +25,7 @@ TEST_DEPS = (
     "jsonschema>=4.20",
     "pyyaml>=6",
     "openapi-core>=0.19",
+    "asyncssh>=2.14",
 )
 PYTEST_ARGS = ("-m", "not packaging", "-p", "no:cacheprovider")
 
