@@ -140,7 +140,9 @@ class ProviderSettings(_LayeredSettings):
     max_attempts: int = Field(default=5, ge=1, le=20, description="tries per API call (429/5xx/network)")
     retry_max_seconds: float = Field(default=120.0, gt=0, le=3600, description="give up retrying after this")
     retry_initial_wait: float = Field(default=0.5, ge=0, le=60, description="first back-off wait, seconds")
-    retry_max_wait: float = Field(default=30.0, ge=0, le=600, description="longest single wait (Retry-After too)")
+    retry_max_wait: float = Field(
+        default=30.0, ge=0, le=600, description="longest single wait (Retry-After too)"
+    )
 
     def retry_policy(self) -> RetryPolicy:
         from maider.retry import RetryPolicy

@@ -239,11 +239,22 @@ class LinodeSim(SimServer):
 
     def get_profile(self, req: Request) -> Reply:
         # The cheapest authenticated call: what a credentials check uses.
-        return Reply(200, {"username": "maider-sim", "email": "sim@example.invalid", "uid": 1234,
-                           "restricted": False, "two_factor_auth": False, "authorized_keys": None,
-                           "email_notifications": True, "ip_whitelist_enabled": False,
-                           "lish_auth_method": "keys_only", "referrals": {"code": "", "url": "", "total": 0,
-                           "completed": 0, "pending": 0, "credit": 0}, "timezone": "UTC"})
+        return Reply(
+            200,
+            {
+                "username": "maider-sim",
+                "email": "sim@example.invalid",
+                "uid": 1234,
+                "restricted": False,
+                "two_factor_auth": False,
+                "authorized_keys": None,
+                "email_notifications": True,
+                "ip_whitelist_enabled": False,
+                "lish_auth_method": "keys_only",
+                "referrals": {"code": "", "url": "", "total": 0, "completed": 0, "pending": 0, "credit": 0},
+                "timezone": "UTC",
+            },
+        )
 
     def get_key(self, req: Request) -> Reply:
         key_id = int(req.params["key"])
