@@ -132,6 +132,9 @@ def check_type_in_region(cat: Catalog, vm_type: VMType, region: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 CACHE_VERSION = 1
+#: After an automatic refresh fails, planning commands use the cached/embedded data this long
+#: (seconds) before trying the API again; `--refresh` always tries.
+FAILED_REFRESH_BACKOFF = 3600
 
 
 def catalog_to_json(cat: Catalog, fetched_at: float) -> dict[str, Any]:
@@ -226,20 +229,29 @@ def current_catalog(provider: Provider, *, refresh: bool = False, ttl_hours: flo
     else the cached one, else the embedded one — with a note saying which and why."""
     import time
 
+    from maider.provider import Provider as BaseProvider
     from maider.provider import ProviderError
 
     cached = read_cached(provider.id)
     now = time.time()
     stale = cached is None or now - cached[1] > ttl_hours * 3600
+    has_live = type(provider).fetch_catalog is not BaseProvider.fetch_catalog
+    failed_marker = _cache_file(provider.id).with_suffix(".failed")
+    recently_failed = failed_marker.exists() and now - failed_marker.stat().st_mtime < FAILED_REFRESH_BACKOFF
     problem = ""
-    if refresh or (stale and provider.has_credentials()):
+    automatic = stale and has_live and provider.has_credentials() and not recently_failed
+    if refresh or automatic:
         try:
             live = provider.fetch_catalog()
         except ProviderError as exc:
             live, problem = None, str(exc)
+            if not refresh:  # don't make every command wait on an API that just failed
+                failed_marker.parent.mkdir(parents=True, exist_ok=True)
+                failed_marker.touch()
         if live is not None:
             write_cached(live, now)
-            return CatalogChoice(live)
+            failed_marker.unlink(missing_ok=True)
+            return CatalogChoice(live, live.note)
         if not problem:
             problem = "this provider has no live catalog"
     name = provider.display_name
@@ -251,9 +263,8 @@ def current_catalog(provider: Provider, *, refresh: bool = False, ttl_hours: flo
         return CatalogChoice(cached[0], note if (problem or stale) else "")
     embedded = provider.embedded_catalog()
     note = f"{name}: embedded catalog of {embedded.as_of.isoformat()}"
-    note += (
-        f" (live refresh failed: {problem})"
-        if problem
-        else " (`maider list-types --refresh` reads live prices)"
-    )
+    if problem:
+        note += f" (live refresh failed: {problem})"
+    elif has_live:
+        note += " (`maider list-types --refresh` reads live prices)"
     return CatalogChoice(embedded, note)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from maider.errors import ConfigError
@@ -134,6 +134,14 @@ class MaiderSettings(_LayeredSettings):
 
 class ProviderSettings(_LayeredSettings):
     """Base for a provider's settings. Subclasses set ``env_prefix`` (``MAIDER_<ID>_``) and add fields."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, data: Any) -> Any:
+        # `LINODE_TOKEN=` (set but empty) means "not configured", not "an empty token".
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
+        return data
 
     api_url: str | None = Field(default=None, description="override the API base URL (proxy, simulator)")
     request_timeout: float = Field(default=30.0, gt=0, le=600, description="seconds per API request")

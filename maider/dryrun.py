@@ -67,7 +67,7 @@ def print_plan(plan: Plan) -> None:
     provider = plan.provider_cls()
     vm = plan.vm_type
     vllm = plan.fit.settings
-    c.print("[bold]maider up — dry run[/bold] (nothing is created, no account is used)")
+    c.print("[bold]maider up — dry run[/bold] (nothing is created)")
     for note in plan.chosen:
         c.print(f"[dim]{note}[/dim]")
 
@@ -85,7 +85,7 @@ def print_plan(plan: Plan) -> None:
     table.add_row(
         "price",
         f"{_billing_note(plan)}; 2 hours ≈ {plan.price.amount * 2:.2f} {plan.price.currency} "
-        f"(embedded catalog of {plan.catalog.as_of.isoformat()})",
+        f"({plan.catalog.source} catalog of {plan.catalog.as_of.isoformat()})",
     )
     table.add_row("model", f"{plan.model.id} served as {plan.served_model_name!r}")
     c.print(table)

@@ -158,11 +158,13 @@ def rank_candidates(
     return sorted(fitting, key=order), sorted(rejected, key=order)
 
 
-def _installed_or_fail(settings: MaiderSettings) -> list[str]:
+def _installed_or_fail(settings: MaiderSettings) -> list[str] | None:
+    """The provider the user named, or None for "every installed one" (a broken one then only warns)."""
     if settings.provider is not None:
         plugins.get_provider_class(settings.provider)  # raises a one-line error when unknown
         return [settings.provider]
-    return plugins.require_any()
+    plugins.require_any()
+    return None
 
 
 def build_plan(settings: MaiderSettings, *, allow_network: bool = True) -> Plan:

@@ -115,3 +115,18 @@ def dataclasses_replace_price(cat: Catalog, amount: float) -> Catalog:
 
 def test_provider_error_type_is_exported() -> None:
     assert issubclass(ProviderError, Exception)
+
+
+def test_a_failed_automatic_refresh_is_not_retried_by_every_command(
+    tiny: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TINY_TOKEN", "t")
+    monkeypatch.setenv("TINY_LIVE", "fail")
+    assert _price() == pytest.approx(0.11)
+    assert any("live refresh failed" in n for n in catalog.catalog_notes())
+    monkeypatch.setenv("TINY_LIVE", "ok")  # the API is back, but the failure is remembered for a while
+    assert _price() == pytest.approx(0.11)
+    plugins.reset_cache()
+    assert catalog.catalogs(["tiny"], refresh=True)["tiny"].types[
+        "tiny-1"
+    ].hourly_price.amount == pytest.approx(0.42)

@@ -1,7 +1,8 @@
-"""The Scaleway simulator, driven by the real scaleway SDK (InstanceUtilsV1API + IamV1Alpha1API)."""
+"""The Scaleway simulator, driven by the real scaleway SDK (InstanceUtilsV1API, BlockV1Alpha1API, IamV1Alpha1API)."""
 
 from __future__ import annotations
 
+import base64
 import time
 import types
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 
 from tests.cloudsim import FakeClock, ScalewaySim
 from tests.cloudsim.catalogs import SCW_TYPES
+from tests.cloudsim.ledger import SBS_5K_EUR_PER_GB_HOUR
 from tests.cloudsim.testing import SCW_ACCESS_KEY, SCW_PROJECT_ID, SCW_SECRET_KEY
 
 pytest_plugins = ["tests.conftest_cloudsim"]
@@ -18,6 +20,7 @@ scaleway = pytest.importorskip("scaleway")
 custom_api = pytest.importorskip("scaleway.instance.v1.custom_api")
 instance_v1 = pytest.importorskip("scaleway.instance.v1")
 iam_v1alpha1 = pytest.importorskip("scaleway.iam.v1alpha1")
+block_v1alpha1 = pytest.importorskip("scaleway.block.v1alpha1")
 scaleway_core_api = pytest.importorskip("scaleway_core.api")
 requests = pytest.importorskip("requests")  # comes with every SDK
 
@@ -25,6 +28,7 @@ PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheSimulatorOnly0000000
 CLOUD_INIT = "#cloud-config\npackages: [htop]\n"
 ZONE = "fr-par-2"
 ScalewayException = scaleway_core_api.ScalewayException
+OTHER_PROJECT = "99999999-8888-4777-8666-555555555555"
 
 
 def api(sim: ScalewaySim) -> Any:
@@ -277,3 +281,188 @@ def test_schema_violations_are_caught(scaleway_env: ScalewaySim) -> None:
     found = sim.take_violations()
     assert [(v.kind, v.status) for v in found] == [("response", 201), ("request", None)]
     assert "exploded" in found[0].message and "projet" in found[1].message
+
+
+# --------------------------------------------------------------------------------------------
+# Block Storage (SBS): the root volume a server create makes, and what its deletion leaves
+# --------------------------------------------------------------------------------------------
+
+
+def block(a: Any) -> Any:
+    return block_v1alpha1.BlockV1Alpha1API(a.client)
+
+
+def test_root_volume_is_detached_not_deleted_with_its_server(
+    scaleway_env: ScalewaySim, cloudsim_clock: FakeClock
+) -> None:
+    sim = scaleway_env
+    a = api(sim)
+    blk = block(a)
+    server = create(a)  # an sbs_volume root of 100 GB
+    root = server.volumes["0"]
+    # The Instance API names the volume and nothing more (as the real answer does).
+    assert (str(root.volume_type), root.boot, root.zone) == ("sbs_volume", False, ZONE)
+    assert root.size is None and root.name is None and root.state is None
+
+    vol = blk.get_volume(volume_id=root.id)
+    assert (str(vol.status), vol.size, vol.project_id, vol.tags, vol.zone) == (
+        "in_use",
+        100_000_000_000,
+        SCW_PROJECT_ID,
+        [],
+        ZONE,
+    )
+    assert vol.name == "ubuntu_noble_gpu_os_12_sbs_volume_0" and vol.type_ == "sbs_5k"
+    assert (str(vol.specs.class_), vol.specs.perf_iops) == ("sbs", 5000)
+    assert [(r.product_resource_type, r.product_resource_id, str(r.status)) for r in vol.references] == [
+        ("instance_server", server.id, "attached")
+    ]
+    with pytest.raises(ScalewayException) as err:  # in use: refused
+        blk.delete_volume(volume_id=root.id)
+    body = err.value.response.json()
+    assert err.value.status_code == 412
+    assert (body["type"], body["precondition"]) == ("precondition_failed", "resource_still_in_use")
+
+    tagged = blk.update_volume(volume_id=root.id, tags=["maider", "maider-session-x"])
+    assert tagged.tags == ["maider", "maider-session-x"] and str(tagged.status) == "in_use"
+    assert sim.log.find("PATCH", f"/block/v1alpha1/zones/{ZONE}/volumes/*")[0].body == {
+        "tags": ["maider", "maider-session-x"]
+    }
+
+    a.server_action(server_id=server.id, action="poweron")
+    cloudsim_clock.advance(45)
+    a.server_action(server_id=server.id, action="terminate")
+    assert str(blk.get_volume(volume_id=root.id).status) == "in_use"  # while terminating
+    cloudsim_clock.advance(20)
+    with pytest.raises(ScalewayException):
+        a.get_server(server_id=server.id)  # the server is gone...
+    detaching = blk.get_volume(volume_id=root.id)  # ...its volume is let go a moment later
+    assert str(detaching.status) == "in_use" and [str(r.status) for r in detaching.references] == [
+        "detaching"
+    ]
+    cloudsim_clock.advance(2)
+    freed = blk.get_volume(volume_id=root.id)
+    assert str(freed.status) == "available" and freed.references == [] and freed.last_detached_at is not None
+    assert freed.tags == ["maider", "maider-session-x"]  # findable by tag
+
+    rec = sim.ledger.volume(root.id)
+    assert sim.ledger.running() == [] and sim.ledger.detached_volumes() == [
+        rec
+    ]  # billed, attached to nothing
+    assert sim.ledger.leaked_volumes() == [rec] and rec.deleted_at is None
+    cloudsim_clock.advance(3600)
+    blk.delete_volume(volume_id=root.id)
+    for call in (blk.get_volume, blk.delete_volume):
+        with pytest.raises(ScalewayException) as err:
+            call(volume_id=root.id)
+        assert err.value.status_code == 404 and err.value.response.json()["type"] == "not_found"
+    assert sim.ledger.leaked_volumes() == [] and rec.deleted_by == "client"
+    # Billed from creation to deletion, attached or not: 100 GB for 45 + 20 + 2 + 3600 s.
+    assert rec.billed_seconds() == 3667
+    assert rec.cost() == pytest.approx(100 * SBS_5K_EUR_PER_GB_HOUR * 3667 / 3600, abs=1e-6)
+    assert sim.ledger.total_cost() == pytest.approx(sim.instance(server.id).cost() + rec.cost(), abs=1e-6)
+
+
+def test_vanished_and_deleted_servers_leave_their_volume_too(
+    scaleway_env: ScalewaySim, cloudsim_clock: FakeClock
+) -> None:
+    sim = scaleway_env
+    a = api(sim)
+    blk = block(a)
+    vanished, stopped = create(a, name="maider-a"), create(a, name="maider-b")
+    sim.vanish(vanished.id)
+    a.delete_server(server_id=stopped.id)  # DELETE: for a stopped server, immediate
+    cloudsim_clock.advance(2)
+    for server in (vanished, stopped):
+        assert str(blk.get_volume(volume_id=server.volumes["0"].id).status) == "available"
+    assert len(sim.ledger.detached_volumes()) == 2
+
+
+def test_volume_listing_filters_and_pages(scaleway_env: ScalewaySim) -> None:
+    sim = scaleway_env
+    a = api(sim)
+    blk = block(a)
+    servers = [create(a, name=f"maider-{n}") for n in range(5)]
+    vols = [s.volumes["0"].id for s in servers]
+    blk.update_volume(volume_id=vols[0], tags=["maider-session-a"])
+    blk.update_volume(volume_id=vols[1], tags=["maider-session-b", "x"])
+
+    assert [v.id for v in blk.list_volumes_all(page_size=2)] == vols  # oldest first
+    pages = sim.log.find("GET", f"/block/v1alpha1/zones/{ZONE}/volumes")
+    assert [(e.query["page"], e.query["page_size"]) for e in pages] == [
+        (["1"], ["2"]),
+        (["2"], ["2"]),
+        (["3"], ["2"]),  # short: the SDK stops there
+    ]
+    assert pages[0].query["project_id"] == [SCW_PROJECT_ID] and pages[0].response["total_count"] == 5
+    assert "X-Total-Count" not in pages[0].response_headers  # in the body, like IAM
+
+    assert [v.id for v in blk.list_volumes_all(tags=["maider-session-a"])] == [vols[0]]
+    # Several tags: one matching is enough (the SDK sends the parameter once per tag).
+    assert [v.id for v in blk.list_volumes_all(tags=["maider-session-a", "x"])] == vols[:2]
+    assert sim.log.find("GET", f"/block/v1alpha1/zones/{ZONE}/volumes")[-1].query["tags"] == [
+        "maider-session-a",
+        "x",
+    ]
+    assert [v.id for v in blk.list_volumes_all(product_resource_id=servers[2].id)] == [vols[2]]
+    assert blk.list_volumes_all(project_id=OTHER_PROJECT) == []
+    assert blk.list_volumes_all(zone="pl-waw-2") == []
+    assert blk.list_volumes(page=9, page_size=2).volumes == []  # past the end: empty
+    with pytest.raises(scaleway_core_api.ValidationError):
+        blk.list_volumes(page_size=500)
+
+
+def test_update_security_group(scaleway_env: ScalewaySim) -> None:
+    sim = scaleway_env
+    a = api(sim)
+    sg = a.create_security_group(
+        name="maider",
+        description="",
+        stateful=False,
+        inbound_default_policy="accept",
+        outbound_default_policy="accept",
+    ).security_group
+    up = a.update_security_group(security_group_id=sg.id, inbound_default_policy="drop", stateful=True)
+    group = up.security_group
+    assert (str(group.inbound_default_policy), str(group.outbound_default_policy), group.stateful) == (
+        "drop",
+        "accept",
+        True,
+    )
+    assert group.name == "maider" and group.id == sg.id
+    patch = sim.log.find("PATCH", f"/instance/v1/zones/{ZONE}/security_groups/*")[0]
+    assert patch.status == 200 and patch.body == {"inbound_default_policy": "drop", "stateful": True}
+    with pytest.raises(ScalewayException) as err:
+        a.update_security_group(security_group_id="00000000-0000-4000-8000-000000000000", stateful=True)
+    assert err.value.status_code == 404
+
+
+def test_iam_keys_page_by_page_size(scaleway_env: ScalewaySim) -> None:
+    sim = scaleway_env
+    iam = iam_v1alpha1.IamV1Alpha1API(api(sim).client)
+    for n in range(3):
+        blob = base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519" + bytes([n]) * 32).decode()
+        iam.create_ssh_key(public_key=f"ssh-ed25519 {blob} k{n}", name=f"k{n}", project_id=SCW_PROJECT_ID)
+    first = iam.list_ssh_keys(page=1, page_size=2)
+    assert len(first.ssh_keys) == 2 and first.total_count == 3
+    assert len(iam.list_ssh_keys(page=2, page_size=2).ssh_keys) == 1
+    assert sim.log.find("GET", "/iam/v1alpha1/ssh-keys")[0].query["page_size"] == ["2"]
+    url = f"{sim.url}/iam/v1alpha1/ssh-keys?per_page=1"  # the Instance API's name works too
+    answer = requests.get(url, headers={"x-auth-token": SCW_SECRET_KEY}, timeout=5).json()
+    assert len(answer["ssh_keys"]) == 1 and answer["total_count"] == 3
+    with pytest.raises(scaleway_core_api.ValidationError):
+        iam.list_ssh_keys(page_size=101)
+
+
+def test_block_schema_violations_are_caught(scaleway_env: ScalewaySim) -> None:
+    sim = scaleway_env
+    a = api(sim)
+    vol_id = create(a).volumes["0"].id
+    url = f"{sim.url}/block/v1alpha1/zones/{ZONE}/volumes/{vol_id}"
+    headers = {"x-auth-token": SCW_SECRET_KEY}
+    requests.patch(url, json={"tagz": ["x"]}, headers=headers, timeout=5)  # a typo in a request
+    sim.tamper(lambda b: {**b, "status": "melting"}, method="GET", path="*/volumes/*")
+    block(a).get_volume(volume_id=vol_id)  # an answer that drifted from the schema
+    found = sim.take_violations()
+    assert [(v.kind, v.method) for v in found] == [("request", "PATCH"), ("response", "GET")]
+    assert "tagz" in found[0].message and "melting" in found[1].message

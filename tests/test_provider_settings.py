@@ -64,3 +64,9 @@ def test_providers_command_reports_credentials(cli, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("LINODE_TOKEN", "tok")
     out = cli("providers").stdout
     assert "configured" in out and "tok" not in out.replace("tokens", "")
+
+
+def test_an_empty_token_variable_means_not_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    require_providers("linode")
+    monkeypatch.setenv("LINODE_TOKEN", "")
+    assert not plugins.get_provider_class("linode")().has_credentials()

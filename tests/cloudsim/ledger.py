@@ -1,9 +1,10 @@
-"""What the simulators remember: every instance ever created, and every request ever received.
+"""What the simulators remember: every instance and volume ever created, and every request received.
 
-The ledger is how a test proves that maider cleaned up after itself (``leaked()``), what a run
-would have cost (``cost()``), and what user data reached the cloud. The request log is how a
-test counts API calls and scans the wire for secrets; it never stores the auth header value,
-only whether the request was authenticated.
+The ledger is how a test proves that maider cleaned up after itself (``leaked()`` for instances,
+``leaked_volumes()`` for block volumes a deleted server left behind), what a run would have cost
+(``cost()``), and what user data reached the cloud. The request log is how a test counts API
+calls and scans the wire for secrets; it never stores the auth header value, only whether the
+request was authenticated.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ class BillingPolicy:
 LINODE_BILLING = BillingPolicy(basis="create", granularity=3600)
 DO_BILLING = BillingPolicy(basis="create", granularity=1, minimum=60)
 SCALEWAY_BILLING = BillingPolicy(basis="power", granularity=60)
+
+#: Scaleway Block Storage (SBS) at 5K IOPS, EUR per GB-hour, excluding VAT. An approximation:
+#: Scaleway lists about €0.086 per GB and month (730 h), i.e. ~€0.000118/GB/h; the real bill
+#: is hourly and the price list changes. A volume is billed from creation until its deletion,
+#: attached or not, which is exactly why a detached root volume must not be forgotten.
+SBS_5K_EUR_PER_GB_HOUR = 0.000118
 
 
 @dataclass
@@ -183,11 +190,104 @@ class InstanceRecord:
         }
 
 
+@dataclass
+class VolumeRecord:
+    """One block storage volume as the simulated vendor sees it (Scaleway SBS).
+
+    Its status is computed from the clock and from the server it was created with: ``in_use``
+    while that server exists and for ``detach_delay`` seconds after it is gone (the real API
+    shows the reference "detaching" for about a second, scaleway-cli cassette 2025-06-11), then
+    ``available``: detached, and still billed until someone deletes it.
+    """
+
+    vendor: str
+    id: str
+    zone: str
+    name: str
+    size: int  # bytes
+    project: str
+    tags: list[str]
+    created_at: float
+    clock: Clock = field(repr=False, compare=False)
+    price_per_gb_hour: float = SBS_5K_EUR_PER_GB_HOUR
+    currency: str = "EUR"
+    #: The server the volume was created attached to (the root volume of a server create).
+    server: InstanceRecord | None = field(default=None, repr=False)
+    #: Seconds between the server being gone and the volume reading as detached.
+    detach_delay: float = 0.0
+    #: When the deletion was accepted (billing stops there), and by whom ("client" or "vendor").
+    deleted_at: float | None = None
+    deleted_by: str | None = None
+    #: Vendor-specific data the simulator needs to render the object.
+    attrs: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def detached_at(self) -> float | None:
+        """When the volume stopped being attached (None while it is, or was never attached)."""
+        if self.server is None:
+            return None
+        gone = self.server.gone_at
+        if gone is None:
+            return None
+        at = gone + self.detach_delay
+        return at if at <= self.clock.now() else None
+
+    @property
+    def attachment(self) -> str | None:
+        """The state of its reference to the server: "attached", "detaching", or None (detached)."""
+        if self.server is None or self.deleted_at is not None:
+            return None
+        if self.server.gone_at is None:
+            return "attached"
+        return None if self.detached_at is not None else "detaching"
+
+    @property
+    def status(self) -> str:
+        if self.deleted_at is not None:
+            return "deleted"
+        return "in_use" if self.attachment is not None else "available"
+
+    @property
+    def exists(self) -> bool:
+        """Whether the API still knows the volume (does not answer 404)."""
+        return self.deleted_at is None
+
+    def billed_seconds(self, now: float | None = None) -> float:
+        now = self.clock.now() if now is None else now
+        end = now if self.deleted_at is None else min(now, self.deleted_at)
+        return max(0.0, end - self.created_at)
+
+    def cost(self, now: float | None = None) -> float:
+        gb = self.size / 1e9
+        return round(self.billed_seconds(now) / 3600.0 * gb * self.price_per_gb_hour, 6)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "vendor": self.vendor,
+            "id": self.id,
+            "zone": self.zone,
+            "name": self.name,
+            "size": self.size,
+            "tags": list(self.tags),
+            "status": self.status,
+            "server": self.server.id if self.server is not None else None,
+            "created_at": self.created_at,
+            "detached_at": self.detached_at,
+            "deleted_at": self.deleted_at,
+            "deleted_by": self.deleted_by,
+            "price_per_gb_hour": self.price_per_gb_hour,
+            "currency": self.currency,
+            "billed_seconds": self.billed_seconds(),
+            "cost": self.cost(),
+        }
+
+
 class Ledger:
-    """Every instance ever created, across one or several simulators (thread-safe)."""
+    """Every instance and volume ever created, across one or several simulators (thread-safe)."""
 
     def __init__(self) -> None:
         self._records: dict[tuple[str, str], InstanceRecord] = {}
+        self._volumes: dict[tuple[str, str], VolumeRecord] = {}
         self._lock = threading.RLock()
 
     def add(self, record: InstanceRecord) -> None:
@@ -225,11 +325,47 @@ class Ledger:
     def with_tag(self, tag: str) -> list[InstanceRecord]:
         return [r for r in self if tag in r.tags]
 
+    # -- volumes ---------------------------------------------------------------------------
+
+    def add_volume(self, volume: VolumeRecord) -> None:
+        with self._lock:
+            self._volumes[(volume.vendor, volume.id)] = volume
+
+    def volume(self, volume_id: str, vendor: str | None = None) -> VolumeRecord:
+        with self._lock:
+            hits = [v for (vd, i), v in self._volumes.items() if i == volume_id and vendor in (None, vd)]
+        if not hits:
+            raise KeyError(f"no volume {volume_id!r} in the ledger")
+        return hits[0]
+
+    def volumes(self, vendor: str | None = None) -> list[VolumeRecord]:
+        with self._lock:
+            return [v for v in self._volumes.values() if vendor in (None, v.vendor)]
+
+    def leaked_volumes(self, known_ids: Iterable[str] = (), vendor: str | None = None) -> list[VolumeRecord]:
+        """Volumes never deleted (so still billed) that the caller does not know about.
+
+        Attached or not: a test that deleted all its servers expects ``[]``. (A volume still
+        attached to a live server is listed too; ``detached_volumes()`` lists only orphans.)
+        """
+        known = {str(i) for i in known_ids}
+        return [v for v in self.volumes(vendor) if v.deleted_at is None and v.id not in known]
+
+    def detached_volumes(self, vendor: str | None = None) -> list[VolumeRecord]:
+        """Undeleted volumes whose server is gone: billed, and attached to nothing."""
+        return [v for v in self.leaked_volumes(vendor=vendor) if v.status == "available"]
+
     def total_cost(self, currency: str | None = None) -> float:
-        return round(sum(r.cost() for r in self if currency in (None, r.currency)), 6)
+        """What every instance and volume cost so far."""
+        instances = sum(r.cost() for r in self if currency in (None, r.currency))
+        volumes = sum(v.cost() for v in self.volumes() if currency in (None, v.currency))
+        return round(instances + volumes, 6)
 
     def summary(self) -> list[dict[str, Any]]:
         return [r.summary() for r in self]
+
+    def volumes_summary(self) -> list[dict[str, Any]]:
+        return [v.summary() for v in self.volumes()]
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,6 +1,16 @@
-"""Scaleway Instance v1 + IAM v1alpha1 simulator (what the scaleway SDK talks to).
+"""Scaleway Instance v1 + Block Storage v1alpha1 + IAM v1alpha1 simulator (what the scaleway SDK talks to).
 
 Base URL: ``http://127.0.0.1:P`` (no trailing slash: the SDK's validation refuses one).
+
+Block Storage (SBS). A server created with an ``sbs_volume`` gets a volume in the Block API
+(recorded in the ledger as a :class:`VolumeRecord`); the server JSON lists it under
+``volumes["0"]`` as ``{"boot", "volume_type": "sbs_volume", "id", "zone"}`` and nothing more,
+like the real answer (scaleway-cli cassette test-create-server-volumes-create-sbs-root-volume,
+2025-06-11). Deleting the server (``terminate``, ``DELETE``, or a vanish) does **not** delete
+the volume: it stays ``in_use`` with its reference "detaching" for ``timings["detach"]`` seconds
+after the server is gone, then reads ``available`` and stays billed until ``DELETE
+/block/v1alpha1/zones/{zone}/volumes/{id}``, which refuses a volume in use (412, see
+:data:`IN_USE_STATUS`).
 """
 
 from __future__ import annotations
@@ -16,9 +26,10 @@ from . import catalogs
 from .clock import iso
 from .core import Reply, Request, SimServer
 from .faults import Fault
-from .ledger import GONE, SCALEWAY_BILLING, InstanceRecord
+from .ledger import GONE, SBS_5K_EUR_PER_GB_HOUR, SCALEWAY_BILLING, InstanceRecord, VolumeRecord
 
 Z = r"/instance/v1/zones/(?P<zone>[a-z]{2}-[a-z]{3}-[1-9])"
+B = r"/block/v1alpha1/zones/(?P<zone>[a-z]{2}-[a-z]{3}-[1-9])"
 U = r"[0-9a-f-]{36}"
 DEFAULT_ORG = "11111111-2222-3333-4444-555555555555"
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -27,6 +38,12 @@ UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 #: is "resource <resource> is out of stock"), and a third-party client saw HTTP 412 with that type
 #: on server create in fr-par-2 (2026-10). The message and the resource value are guesses.
 OUT_OF_STOCK_STATUS = 412
+
+#: Deleting a Block Storage volume that is still in use. The SDK only says "The volume must not
+#: be in the in_use status"; the status and body are a guess after scaleway-sdk-go's
+#: PreconditionFailedError ({"type": "precondition_failed", "precondition": …}), as third-party
+#: fakes of the Block API answer it.
+IN_USE_STATUS = 412
 
 
 class ScalewaySim(SimServer):
@@ -54,7 +71,9 @@ class ScalewaySim(SimServer):
         super().__init__(**kw)
 
     def default_timings(self) -> dict[str, float]:
-        return {"boot": 45.0, "stop": 15.0, "terminate": 20.0}
+        # detach: a Block Storage volume reads in_use ("detaching") this long after its server
+        # is gone (about 1.6 s in the 2025-06-11 scaleway-cli recording).
+        return {"boot": 45.0, "stop": 15.0, "terminate": 20.0, "detach": 2.0}
 
     def make_checker(self, *, required: bool) -> Any:
         from .scaleway_schemas import ScalewayChecker
@@ -75,6 +94,7 @@ class ScalewaySim(SimServer):
             ("GET", Z + "/security_groups", self.list_sgs),
             ("POST", Z + "/security_groups", self.create_sg),
             ("GET", G, self.get_sg),
+            ("PATCH", G, self.update_sg),
             ("GET", G + "/rules", self.list_rules),
             ("PUT", G + "/rules", self.set_rules),
             ("POST", G + "/rules", self.create_rule),
@@ -87,6 +107,10 @@ class ScalewaySim(SimServer):
             ("PATCH", S + "/user_data/(?P<key>[A-Za-z0-9_-]+)", self.set_user_data),
             ("GET", S + "/user_data/(?P<key>[A-Za-z0-9_-]+)", self.get_user_data),
             ("DELETE", S + "/user_data/(?P<key>[A-Za-z0-9_-]+)", self.delete_user_data),
+            ("GET", B + "/volumes", self.list_volumes),
+            ("GET", B + f"/volumes/(?P<vol>{U})", self.get_volume),
+            ("PATCH", B + f"/volumes/(?P<vol>{U})", self.update_volume),
+            ("DELETE", B + f"/volumes/(?P<vol>{U})", self.delete_volume),
             ("GET", "/iam/v1alpha1/ssh-keys", self.list_keys),
             ("POST", "/iam/v1alpha1/ssh-keys", self.create_key),
             ("GET", f"/iam/v1alpha1/ssh-keys/(?P<key>{U})", self.get_key),
@@ -97,7 +121,7 @@ class ScalewaySim(SimServer):
 
     def error(self, status: int, code: str, message: str, **extra: Any) -> Reply:
         body: dict[str, Any] = {"message": message, "type": code}
-        for k in ("resource", "resource_id", "fields"):
+        for k in ("resource", "resource_id", "fields", "precondition", "help_message"):
             if k in extra:
                 body[k] = extra[k]
         return Reply(status, body, headers=dict(extra.get("headers", {})))
@@ -151,16 +175,18 @@ class ScalewaySim(SimServer):
 
     # -- pagination ------------------------------------------------------------------------
 
-    def _pages(self, req: Request, default: int) -> tuple[int, int] | Reply:
+    def _pages(self, req: Request, default: int, size: str = "per_page") -> tuple[int, int] | Reply:
+        """(page, page size) from the query. Instance v1 calls the size ``per_page``; the newer
+        APIs (IAM, Block) call it ``page_size``."""
         try:
             page = int(req.arg("page", "1") or 1)
-            per_page = int(req.arg("per_page", str(default)) or default)
+            per_page = int(req.arg(size, str(default)) or default)
         except ValueError:
             return self.validation_error({"page": ["must be an integer"]})
         if page < 1:
             return self.validation_error({"page": ["must be greater than or equal to 1"]})
         if not 1 <= per_page <= 100:
-            return self.validation_error({"per_page": ["must be between 1 and 100"]})
+            return self.validation_error({size: ["must be between 1 and 100"]})
         return page, per_page
 
     def _list(self, req: Request, key: str, items: list[Any], default: int = 50) -> Reply:
@@ -283,6 +309,36 @@ class ScalewaySim(SimServer):
         self.security_groups[sg["id"]] = sg
         self.rules[sg["id"]] = []
         return Reply(201, {"security_group": sg})
+
+    def update_sg(self, req: Request) -> Reply:
+        """PATCH: the fields the body names change; the others stay (update_security_group)."""
+        sg = self._sg(req)
+        if sg is None:
+            return self.not_found("instance_security_group", req.params["sg"])
+        body = _body(req)
+        if "name" in body and not body["name"]:
+            return self.validation_error({"name": ["must not be empty"]})
+        if (
+            "enable_default_security" in body
+            and body["enable_default_security"] != sg["enable_default_security"]
+        ):
+            # The SDK's docstring: "This feature is read only, please open a support ticket".
+            return self.invalid("enable_default_security cannot be changed through the API")
+        for key in (
+            "name",
+            "description",
+            "inbound_default_policy",
+            "outbound_default_policy",
+            "stateful",
+            "project_default",
+            "organization_default",
+        ):
+            if key in body:
+                sg[key] = body[key]
+        if "tags" in body:
+            sg["tags"] = list(body["tags"] or [])
+        sg["modification_date"] = iso(self.clock.now(), micros=True)
+        return Reply(200, {"security_group": sg})
 
     def _rule(self, zone: str, r: dict[str, Any], position: int) -> dict[str, Any]:
         # The SDK sends dest_port_to = 0 when it was not given; the API reads 0 as "no range".
@@ -468,13 +524,44 @@ class ScalewaySim(SimServer):
             billing=SCALEWAY_BILLING,
             image=str(image) if image else None,
         )
-        volumes = {}
+        volumes: dict[str, dict[str, Any]] = {}
+        block: list[VolumeRecord] = []
         for idx, v in sorted(volumes_in.items()):
+            v = v or {}
+            vtype = v.get("volume_type", "sbs_volume")
+            size = int(v.get("size") or 100 * catalogs.GB)
+            if vtype == "sbs_volume":
+                # Made in the Block API; the server JSON carries only these four keys.
+                vol = VolumeRecord(
+                    vendor=self.vendor,
+                    id=str(uuid.uuid4()),
+                    zone=zone,
+                    # The real default name: "<image name>_sbs_volume_<index>".
+                    name=str(v.get("name") or f"{image or 'volume'}_sbs_volume_{idx}"),
+                    size=size,
+                    project=str(project),
+                    tags=[],
+                    created_at=self.clock.now(),
+                    clock=self.clock,
+                    price_per_gb_hour=SBS_5K_EUR_PER_GB_HOUR,
+                    server=rec,
+                    detach_delay=self.timings["detach"],
+                    attrs={
+                        "reference_id": str(uuid.uuid4()),
+                        "parent_snapshot_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"snapshot:{image}"))
+                        if image
+                        else None,
+                        "updated_at": self.clock.now(),
+                    },
+                )
+                block.append(vol)
+                volumes[idx] = {"boot": False, "volume_type": vtype, "id": vol.id, "zone": zone}
+                continue
             volumes[idx] = {
                 "id": str(uuid.uuid4()),
                 "name": f"{rec.name}-vol-{idx}",
-                "volume_type": (v or {}).get("volume_type", "sbs_volume"),
-                "size": int((v or {}).get("size") or 100 * catalogs.GB),
+                "volume_type": vtype,
+                "size": size,
                 "boot": idx == "0",
                 "zone": zone,
                 "state": "available",
@@ -498,6 +585,8 @@ class ScalewaySim(SimServer):
         rec.stuck = req.fault is not None and req.fault.kind == "stuck"
         rec.schedule(rec.created_at, "stopped")  # Scaleway creates servers stopped
         self.register(rec)
+        for vol in block:
+            self.ledger.add_volume(vol)
         if sg_id:
             self.security_groups[sg_id]["servers"].append({"id": sid, "name": rec.name})
         return Reply(201, {"server": self._server_json(rec)})
@@ -613,12 +702,127 @@ class ScalewaySim(SimServer):
             rec.user_data = None
         return Reply(204, None, content_type=None)
 
+    # -- Block Storage v1alpha1 --------------------------------------------------------------
+
+    def volumes(self) -> list[VolumeRecord]:
+        """Every Block Storage volume the API still knows (deleted ones answer 404)."""
+        return [v for v in self.ledger.volumes(self.vendor) if v.exists]
+
+    def _vol(self, req: Request) -> VolumeRecord | None:
+        try:
+            vol = self.ledger.volume(req.params["vol"], self.vendor)
+        except KeyError:
+            return None
+        return vol if vol.exists and vol.zone == req.params["zone"] else None
+
+    def _volume_json(self, v: VolumeRecord) -> dict[str, Any]:
+        """The Block API's Volume, unwrapped (the SDK unmarshals the body itself as a Volume)."""
+        attachment = v.attachment
+        refs = []
+        if attachment is not None and v.server is not None:
+            refs.append(
+                {
+                    "id": v.attrs["reference_id"],
+                    "product_resource_type": "instance_server",
+                    "product_resource_id": v.server.id,
+                    "created_at": _zulu(v.created_at),
+                    "type": "exclusive",
+                    "status": attachment,
+                }
+            )
+        detached = v.detached_at
+        updated = max(t for t in (v.attrs.get("updated_at", v.created_at), detached) if t is not None)
+        return {
+            "id": v.id,
+            "name": v.name,
+            "type": "sbs_5k",
+            "size": v.size,
+            "project_id": v.project,
+            "created_at": _zulu(v.created_at),
+            "updated_at": _zulu(updated),
+            "references": refs,
+            "parent_snapshot_id": v.attrs.get("parent_snapshot_id"),
+            "status": v.status,
+            "tags": list(v.tags),
+            "specs": {"perf_iops": 5000, "class": "sbs"},
+            "last_detached_at": _zulu(detached) if detached is not None else None,
+            "zone": v.zone,
+        }
+
+    def list_volumes(self, req: Request) -> Reply:
+        zone = req.params["zone"]
+        project = req.arg("project_id")
+        name = req.arg("name")
+        # The SDK repeats the parameter for each tag; "only volumes with one or more matching
+        # tags will be returned" (SDK docstring): any, not all.
+        tags = [t for t in req.query.get("tags", []) if t]
+        resource = req.arg("product_resource_id")
+        out = []
+        # Oldest first (the API's default order); a stable sort keeps creation order on ties.
+        for v in sorted(self.volumes(), key=lambda v: v.created_at):
+            if v.zone != zone or (project and v.project != project):
+                continue
+            if name and name not in v.name:
+                continue
+            if tags and not any(t in v.tags for t in tags):
+                continue
+            if resource and (v.attachment is None or v.server is None or v.server.id != resource):
+                continue
+            out.append(self._volume_json(v))
+        if req.arg("order_by", "created_at_asc") == "created_at_desc":
+            out.reverse()
+        pages = self._pages(req, 50, size="page_size")
+        if isinstance(pages, Reply):
+            return pages
+        page, size = pages
+        # A newer API generation: total_count in the body, like IAM (no X-Total-Count header).
+        return Reply(200, {"volumes": out[(page - 1) * size : page * size], "total_count": len(out)})
+
+    def get_volume(self, req: Request) -> Reply:
+        vol = self._vol(req)
+        return Reply(200, self._volume_json(vol)) if vol else self.not_found("volume", req.params["vol"])
+
+    def update_volume(self, req: Request) -> Reply:
+        vol = self._vol(req)
+        if vol is None:
+            return self.not_found("volume", req.params["vol"])
+        body = _body(req)
+        if "size" in body:
+            size = int(body["size"] or 0)
+            if size < vol.size:
+                return self.invalid("a volume can only be resized to a larger size")
+            vol.size = size
+        if "name" in body:
+            vol.name = str(body["name"])
+        if "tags" in body:
+            vol.tags = [str(t) for t in body["tags"] or []]
+        vol.attrs["updated_at"] = self.clock.now()
+        return Reply(200, self._volume_json(vol))
+
+    def delete_volume(self, req: Request) -> Reply:
+        vol = self._vol(req)
+        if vol is None:
+            return self.not_found("volume", req.params["vol"])
+        if vol.status != "available":
+            return self.error(
+                IN_USE_STATUS,
+                "precondition_failed",
+                "resource is still in use",
+                precondition="resource_still_in_use",
+                help_message="detach the volume (delete its Instance) before deleting it",
+            )
+        vol.deleted_at, vol.deleted_by = self.clock.now(), "client"
+        return Reply(204, None, content_type=None)
+
     # -- IAM ssh keys ----------------------------------------------------------------------
 
     def list_keys(self, req: Request) -> Reply:
         project = req.arg("project_id")
         items = [k for k in self.ssh_keys if project in (None, k["project_id"])]
-        pages = self._pages(req, 20)
+        # The IAM API's page size parameter is page_size (what the SDK sends); per_page is
+        # accepted too, as the Instance API's name.
+        size = "page_size" if req.arg("page_size") is not None else "per_page"
+        pages = self._pages(req, 20, size=size)
         if isinstance(pages, Reply):
             return pages
         page, per_page = pages
@@ -669,6 +873,11 @@ class ScalewaySim(SimServer):
         }
         self.ssh_keys.append(key)
         return Reply(200, key)
+
+
+def _zulu(ts: float) -> str:
+    """The Block API's timestamps: microseconds and a Z (``2025-06-11T13:49:56.268067Z``)."""
+    return iso(ts, micros=True).replace("+00:00", "Z")
 
 
 def _body(req: Request) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Hand-written JSON Schemas for the Scaleway calls maider makes (no public spec is stored here).
 
 Shapes come from the notes (§2.3), the wire capture of the scaleway SDK 2.12.0 and the SDK's own
-dataclasses (scaleway/instance/v1/types.py, scaleway/iam/v1alpha1/types.py). Request bodies are
+dataclasses (scaleway/instance/v1/types.py, scaleway/iam/v1alpha1/types.py,
+scaleway/block/v1alpha1/types.py), and for Block Storage also a real recording (scaleway-cli's
+cassette test-create-server-volumes-create-sbs-root-volume, 2025-06-11). Request bodies are
 closed (``additionalProperties: false``) so a typo in maider's call is caught; responses list
 the fields the SDK reads as required and stay open, like the real API's growing objects.
 """
@@ -15,6 +17,7 @@ from typing import Any
 
 UUID = {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
 ZONE = {"type": "string", "pattern": "^[a-z]{2}-[a-z]{3}-[1-9]$"}
+NUUID = {"anyOf": [{"type": "null"}, UUID]}
 DATE = {"type": "string", "format": "date-time"}
 NDATE = {"type": ["string", "null"], "format": "date-time"}
 TAGS = {"type": "array", "items": {"type": "string"}}
@@ -234,6 +237,79 @@ SSH_KEY = _obj(
     },
 )
 
+# Block Storage v1alpha1 (enums from scaleway/block/v1alpha1/types.py).
+VOLUME_STATUSES = [
+    "unknown_status",
+    "creating",
+    "available",
+    "in_use",
+    "deleting",
+    "deleted",
+    "resizing",
+    "error",
+    "snapshotting",
+    "locked",
+    "updating",
+]
+REFERENCE = _obj(
+    ["id", "product_resource_type", "product_resource_id", "type", "status"],
+    {
+        "id": UUID,
+        "product_resource_type": {"type": "string"},
+        "product_resource_id": UUID,
+        "type": {"enum": ["unknown_type", "link", "exclusive", "read_only"]},
+        "status": {
+            "enum": ["unknown_status", "attaching", "attached", "detaching", "detached", "creating", "error"]
+        },
+        "created_at": NDATE,
+    },
+)
+BLOCK_VOLUME = _obj(
+    [
+        "id",
+        "name",
+        "type",
+        "size",
+        "project_id",
+        "references",
+        "status",
+        "tags",
+        "zone",
+        "created_at",
+        "updated_at",
+        "specs",
+        "last_detached_at",
+        "parent_snapshot_id",
+    ],
+    {
+        "id": UUID,
+        "name": {"type": "string"},
+        "type": {"type": "string"},
+        "size": {"type": "integer", "minimum": 0},
+        "project_id": UUID,
+        "references": {"type": "array", "items": REFERENCE},
+        "status": {"enum": VOLUME_STATUSES},
+        "tags": TAGS,
+        "zone": ZONE,
+        "created_at": NDATE,
+        "updated_at": NDATE,
+        "last_detached_at": NDATE,
+        "parent_snapshot_id": NUUID,
+        "specs": {
+            "anyOf": [
+                {"type": "null"},
+                _obj(
+                    ["class"],
+                    {
+                        "class": {"enum": ["unknown_storage_class", "unspecified", "bssd", "sbs"]},
+                        "perf_iops": {"type": ["integer", "null"]},
+                    },
+                ),
+            ]
+        },
+    },
+)
+
 # -- request bodies ------------------------------------------------------------------------
 
 VOLUME_TEMPLATE = _obj(
@@ -317,6 +393,31 @@ RULE_IN = _obj(
     closed=True,
 )
 SET_RULES = _obj(["rules"], {"rules": {"type": "array", "items": RULE_IN}}, closed=True)
+UPDATE_SG = _obj(
+    [],
+    {
+        "name": {"type": "string", "minLength": 1},
+        "description": {"type": "string"},
+        "enable_default_security": {"type": "boolean"},
+        "inbound_default_policy": {"enum": ["accept", "drop"]},
+        "outbound_default_policy": {"enum": ["accept", "drop"]},
+        "tags": TAGS,
+        "organization_default": {"type": "boolean"},
+        "project_default": {"type": "boolean"},
+        "stateful": {"type": "boolean"},
+    },
+    closed=True,
+)
+UPDATE_VOLUME = _obj(
+    [],
+    {
+        "name": {"type": "string"},
+        "size": {"type": "integer", "minimum": 1},
+        "tags": TAGS,
+        "perf_iops": {"type": "integer", "minimum": 0},
+    },
+    closed=True,
+)
 CREATE_SSH_KEY = _obj(
     ["public_key"],
     {"name": {"type": "string"}, "public_key": {"type": "string", "minLength": 1}, "project_id": UUID},
@@ -336,6 +437,7 @@ def _list_of(key: str, item: dict[str, Any], *, map_: bool = False, total: bool 
 
 
 Z = r"/instance/v1/zones/[a-z]{2}-[a-z]{3}-[1-9]"
+B = r"/block/v1alpha1/zones/[a-z]{2}-[a-z]{3}-[1-9]"
 U = r"[0-9a-f-]{36}"
 AVAILABILITY = _obj(["availability"], {"availability": {"enum": ["available", "scarce", "shortage"]}})
 
@@ -356,6 +458,12 @@ OPERATIONS: list[tuple[str, str, dict[str, Any] | None, dict[int, dict[str, Any]
         EMPTY,
         {200: _obj(["security_group"], {"security_group": SECURITY_GROUP})},
     ),
+    (
+        "PATCH",
+        Z + f"/security_groups/{U}",
+        UPDATE_SG,
+        {200: _obj(["security_group"], {"security_group": SECURITY_GROUP})},
+    ),
     ("GET", Z + f"/security_groups/{U}/rules", EMPTY, {200: _list_of("rules", RULE)}),
     ("PUT", Z + f"/security_groups/{U}/rules", SET_RULES, {200: _list_of("rules", RULE)}),
     ("POST", Z + f"/security_groups/{U}/rules", RULE_IN, {201: _obj(["rule"], {"rule": RULE})}),
@@ -368,6 +476,10 @@ OPERATIONS: list[tuple[str, str, dict[str, Any] | None, dict[int, dict[str, Any]
     ("PATCH", Z + f"/servers/{U}/user_data/[A-Za-z0-9_-]+", None, {204: None}),
     ("GET", Z + f"/servers/{U}/user_data/[A-Za-z0-9_-]+", EMPTY, {200: None}),
     ("DELETE", Z + f"/servers/{U}/user_data/[A-Za-z0-9_-]+", EMPTY, {204: None}),
+    ("GET", B + "/volumes", EMPTY, {200: _list_of("volumes", BLOCK_VOLUME, total=True)}),
+    ("GET", B + f"/volumes/{U}", EMPTY, {200: BLOCK_VOLUME}),
+    ("PATCH", B + f"/volumes/{U}", UPDATE_VOLUME, {200: BLOCK_VOLUME}),
+    ("DELETE", B + f"/volumes/{U}", EMPTY, {204: None}),
     ("GET", "/iam/v1alpha1/ssh-keys", EMPTY, {200: _list_of("ssh_keys", SSH_KEY, total=True)}),
     ("POST", "/iam/v1alpha1/ssh-keys", CREATE_SSH_KEY, {200: SSH_KEY}),
     ("GET", f"/iam/v1alpha1/ssh-keys/{U}", EMPTY, {200: SSH_KEY}),
