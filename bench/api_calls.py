@@ -56,7 +56,9 @@ def measure(pid: str) -> list[tuple[str, int]]:
     rows: list[tuple[str, int]] = []
     with sim:
         provider: Provider = provider_cls(_settings(pid, sim))
-        if hasattr(provider, "sleep"):  # providers that wait (Scaleway's volume cleanup) follow the fake clock
+        if hasattr(
+            provider, "sleep"
+        ):  # providers that wait (Scaleway's volume cleanup) follow the fake clock
             provider.sleep, provider.clock = clock.sleep, clock.now
         _, region, type_id = SETUPS[pid]
 
