@@ -7,7 +7,7 @@ Two kinds of key (docs/LIFECYCLE.md, "Local files"):
 - one host key pair per session, ``<state>/sessions/<id>/host_key`` (+ ``.pub``): generated here,
   delivered to the VM in the user-data, and pinned in the session's ``known_hosts`` before the
   first connection. So the very first SSH connection is already verified: no trust on first use,
-  and never ``StrictHostKeyChecking=no``.
+  and host key checking is never relaxed.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every invocation starts from :func:`ssh_base_args`, which is docs/LIFECYCLE.md (
 option: ``-F none`` (no user or system ssh_config can change anything), BatchMode (never a
 prompt), IdentitiesOnly with maider's key, ``StrictHostKeyChecking=yes`` against the session's
 own known_hosts (the VM's host key is generated locally and pinned before the first connection;
-``StrictHostKeyChecking=no`` appears nowhere), and a ControlMaster so the commands of one session
+host key checking is never relaxed), and a ControlMaster so the commands of one session
 share one TCP connection. The only addition is ``GlobalKnownHostsFile=/dev/null``: a system-wide
 known_hosts must not have a say in which key this VM may present.
 
