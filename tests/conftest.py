@@ -13,7 +13,7 @@ import pytest
 
 from maider import plugins
 
-pytest_plugins = ["tests.conftest_cloudsim"]
+pytest_plugins = ["tests.conftest_cloudsim", "tests.vmsim.fixtures"]
 
 REPO = Path(__file__).resolve().parent.parent
 
