@@ -111,6 +111,32 @@ class MaiderSettings(_LayeredSettings):
     )
     usd_per_eur: float = Field(default=1.15, gt=0, description="to compare EUR and USD prices")
 
+    # -- the session lifecycle (maider up/down) -------------------------------------------------
+    #: Who may reach the VM's SSH port. None: the caller's public IPv4 (/32), read from my_ip_url.
+    #: A list in the config file; in the environment, JSON or comma-separated CIDRs. The union
+    #: with str lets pydantic-settings pass a non-JSON environment value through to the validator.
+    allowed_ssh_cidrs: list[str] | str | None = Field(
+        default=None, description="CIDRs allowed to reach the VM's SSH port; default: your public IPv4"
+    )
+    my_ip_url: str = Field(
+        default="https://checkip.amazonaws.com",
+        description="URL answering with the caller's public IPv4 (used when allowed_ssh_cidrs is unset)",
+    )
+    poll_interval: float = Field(default=5.0, gt=0, le=300, description="seconds between status checks")
+    timeout_instance: float = Field(
+        default=900.0, gt=0, description="seconds for a new VM to run with a public IP"
+    )
+    timeout_ssh: float = Field(default=600.0, gt=0, description="seconds for the VM to answer SSH")
+    timeout_cloud_init: float = Field(
+        default=1800.0, gt=0, description="seconds for cloud-init to finish (driver, Docker, image pulls)"
+    )
+    timeout_vllm: float = Field(
+        default=3600.0, gt=0, description="seconds for vLLM to download and load the model and answer"
+    )
+    timeout_delete: float = Field(
+        default=600.0, gt=0, description="seconds to wait for the provider to confirm a VM is gone"
+    )
+
     @field_validator("provider", "region", "type", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
@@ -123,6 +149,25 @@ class MaiderSettings(_LayeredSettings):
     @classmethod
     def _lower(cls, value: str | None) -> str | None:
         return value.lower() if value else value
+
+    @field_validator("allowed_ssh_cidrs", mode="before")
+    @classmethod
+    def _cidr_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.replace(",", " ").split() if part]
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError('must be a non-empty list of CIDRs, e.g. ["203.0.113.7/32"]')
+        import ipaddress
+
+        normalized = []
+        for item in value:
+            try:
+                normalized.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR (e.g. 203.0.113.7/32)") from None
+        return normalized
 
     @field_validator("hf_token", mode="before")
     @classmethod

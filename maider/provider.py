@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import importlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -80,6 +81,36 @@ class Price:
         if len(text.split(".")[1]) < 2:
             text = f"{self.amount:.2f}"
         return f"{symbol}{text}" if symbol else f"{text} {self.currency}"
+
+
+@dataclass(frozen=True)
+class Billing:
+    """How a vendor turns run time into money, for cost estimates (`list`) and `down`'s summary.
+
+    Run time is rounded up to whole ``granularity_seconds`` (per started hour, minute…), after
+    raising it to ``minimum_seconds``. The default is per second with no minimum.
+    """
+
+    granularity_seconds: int = 1
+    minimum_seconds: int = 0
+
+    def billed_seconds(self, seconds: float) -> float:
+        if seconds <= 0:
+            return 0.0
+        seconds = max(seconds, float(self.minimum_seconds))
+        unit = self.granularity_seconds
+        return float(math.ceil(seconds / unit) * unit) if unit > 1 else seconds
+
+    def cost(self, hourly: Price, seconds: float) -> float:
+        """What ``seconds`` of run time cost at ``hourly`` (in its currency)."""
+        return self.billed_seconds(seconds) / 3600.0 * hourly.amount
+
+    def describe(self) -> str:
+        """e.g. "per started hour", "per second, 60 s minimum"."""
+        unit = {1: "per second", 60: "per started minute", 3600: "per started hour"}.get(
+            self.granularity_seconds, f"per started {self.granularity_seconds} s"
+        )
+        return f"{unit}, {self.minimum_seconds} s minimum" if self.minimum_seconds else unit
 
 
 @dataclass(frozen=True)
@@ -279,6 +310,8 @@ class Provider(ABC):
     #: Where a user gets credentials (shown in AuthError messages and the wizard).
     credentials_help: ClassVar[str] = ""
     currency: ClassVar[str] = "USD"
+    #: How the vendor bills run time (granularity, minimum): used for cost estimates only.
+    billing: ClassVar[Billing] = Billing()
 
     def __init__(self, settings: BaseSettings | None = None) -> None:
         self.settings = settings if settings is not None else self.load_settings()
@@ -341,6 +374,13 @@ class Provider(ABC):
     def has_credentials(self) -> bool:
         """Whether credentials are configured (no network). `check_credentials` verifies them."""
         return False
+
+    def image_has_gpu_stack(self, vm_type: VMType) -> bool:
+        """Whether `default_image(vm_type)` ships the GPU driver and container runtime.
+
+        False makes the VM's cloud-init install them (NVIDIA driver, Docker, container toolkit).
+        """
+        return True
 
     # -- network-facing methods ------------------------------------------------------------
 

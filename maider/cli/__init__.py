@@ -76,9 +76,9 @@ def _root(
         os.environ["MAIDER_CONFIG"] = str(config)
 
 
-from maider.cli import planning, up  # noqa: E402  (registers commands on `app`)
+from maider.cli import planning, session, up  # noqa: E402  (registers commands on `app`)
 
-_ = (planning, up)
+_ = (planning, session, up)
 
 
 def main() -> None:

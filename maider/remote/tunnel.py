@@ -82,6 +82,9 @@ def _ephemeral_port() -> int:
 def port_is_free(port: int) -> bool:
     """Whether ``127.0.0.1:port`` can be bound right now (a listener there means no)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As ssh binds its forwards: connections the previous tunnel closed linger in TIME_WAIT
+        # on this port, which blocks a plain bind() but not a listener with SO_REUSEADDR.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from maider.provider import (
     CONTRACT_VERSION,
     AuthError,
+    Billing,
     Catalog,
     CredentialCheck,
     InstanceSpec,
@@ -54,6 +55,8 @@ class DigitalOceanProvider(Provider):
         "firewall, ssh_key and tag scopes"
     )
     currency: ClassVar[str] = "USD"
+    #: Billed per second, with a 60-second minimum (DigitalOcean's per-second billing).
+    billing: ClassVar[Billing] = Billing(granularity_seconds=1, minimum_seconds=60)
     #: Items per list page (the API's maximum is 200; tests lower it to exercise pagination).
     page_size: int = 200
     #: Name given to SSH keys maider uploads when the caller has no better label.

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 from maider.provider import (
     CONTRACT_VERSION,
     AuthError,
+    Billing,
     Catalog,
     CredentialCheck,
     InstanceSpec,
@@ -48,6 +49,8 @@ class LinodeProvider(Provider):
         "Linodes, Firewalls and Account SSH keys"
     )
     currency: ClassVar[str] = "USD"
+    #: Billed per started hour (Linode's hourly billing, capped monthly; the cap is ignored here).
+    billing: ClassVar[Billing] = Billing(granularity_seconds=3600)
 
     def __init__(self, settings: BaseSettings | None = None) -> None:
         super().__init__(settings)
@@ -70,6 +73,10 @@ class LinodeProvider(Provider):
     def default_image(self, vm_type: VMType) -> str:
         # Linode has no GPU image: Ubuntu LTS, NVIDIA driver and container toolkit come via cloud-init.
         return str(getattr(self.settings, "image", "linode/ubuntu24.04"))
+
+    def image_has_gpu_stack(self, vm_type: VMType) -> bool:
+        # Plain Ubuntu: cloud-init installs the driver, Docker and the container toolkit.
+        return False
 
     def _image_for(self, spec: InstanceSpec) -> str:
         if spec.image:

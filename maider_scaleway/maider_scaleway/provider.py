@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from maider.provider import (
     CONTRACT_VERSION,
     AuthError,
+    Billing,
     Catalog,
     CredentialCheck,
     InstanceSpec,
@@ -140,6 +141,8 @@ class ScalewayProvider(Provider):
         "set SCW_ACCESS_KEY, SCW_SECRET_KEY and SCW_DEFAULT_PROJECT_ID (console.scaleway.com → IAM → API keys)"
     )
     currency: ClassVar[str] = "EUR"
+    #: GPU Instances are billed per started minute while powered on.
+    billing: ClassVar[Billing] = Billing(granularity_seconds=60)
 
     settings: ScalewaySettings
 
