@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -129,6 +130,7 @@ def measure(pid: str, poll: float, load: float) -> list[tuple[str, str]]:
     finally:
         world.close()
         monkeypatch.undo()
+        shutil.rmtree(home, ignore_errors=True)
     return rows
 
 

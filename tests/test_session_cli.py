@@ -308,3 +308,41 @@ def test_launch_aider(world: World, cli: Any, tmp_path: Path) -> None:
     assert (tmp_path / ".aider.model.metadata.json").exists()
     assert cli("down", "-y").exit_code == 0
     assert world.alive() == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("use", "nosuch"),
+        ("status",),
+        ("tunnel",),
+        ("env",),
+        ("down", "-y"),
+        ("down", "../etc", "-y"),
+    ],
+)
+def test_session_commands_without_sessions_say_so_in_one_line(args: tuple[str, ...], cli: Any) -> None:
+    result = cli(*args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.output
+    assert "session" in result.stderr
+
+
+def test_list_and_cleanup_without_sessions_or_credentials(cli: Any) -> None:
+    listed = cli("list", "--json")
+    assert listed.exit_code == 0 and json.loads(listed.stdout) == {
+        "sessions": [],
+        "orphans": [],
+        "errors": {},
+        "unreadable": [],
+    }
+    assert "no sessions" in cli("list").stdout
+    assert "nothing to clean up" in cli("cleanup", "-y").stdout
+
+
+def test_a_bad_session_name_is_refused_before_anything_is_created(world: World, cli: Any) -> None:
+    require_providers("linode")
+    sim = world.sim("linode")
+    bad = _up(cli, "linode", "--name", "Not_A_Name")
+    assert bad.exit_code == 1 and "invalid session name" in bad.stderr
+    assert sim.log.count("POST") == 0 and world.records() == []

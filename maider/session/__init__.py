@@ -1,4 +1,9 @@
-"""Local session state: one record per rented VM, kept under the platform state dir.
+"""Sessions: one per rented VM.
 
-See :mod:`maider.session.state` and docs/LIFECYCLE.md ("Local files").
+- :mod:`maider.session.state`: the records on disk (``SessionStore``, ``SessionRecord``), see
+  docs/LIFECYCLE.md ("Local files");
+- :mod:`maider.session.lifecycle`: ``up`` (execute a Plan), ``down``, ``survey`` (list and
+  orphans), ``status``, ``use``, ``reopen_tunnel``, ``environment``, ``cleanup``.
+
+Both import pydantic; the CLI imports them inside its commands only.
 """
