@@ -136,6 +136,20 @@ class MaiderSettings(_LayeredSettings):
     timeout_delete: float = Field(
         default=600.0, gt=0, description="seconds to wait for the provider to confirm a VM is gone"
     )
+    # The idle watchdog (on the VM, and a second line on the laptop): see README "Idle watchdog".
+    watchdog: bool = Field(default=True, description="destroy the VM when idle or too old (on by default)")
+    idle_timeout_minutes: float = Field(
+        default=45.0, gt=0, le=7 * 24 * 60, description="destroy after this long without inference requests"
+    )
+    max_lifetime_hours: float = Field(
+        default=8.0, gt=0, le=14 * 24, description="destroy this long after the VM started, even when in use"
+    )
+    watchdog_warn_minutes: float = Field(
+        default=10.0, ge=0, le=24 * 60, description="warn (desktop notification) this long before acting"
+    )
+    watchdog_poll_seconds: float = Field(
+        default=30.0, gt=0, le=600, description="how often the watchdogs read vLLM's request counters"
+    )
 
     @field_validator("provider", "region", "type", mode="before")
     @classmethod

@@ -240,6 +240,48 @@ class InstanceSpec:
 
 
 @dataclass(frozen=True)
+class HTTPCall:
+    """One HTTP request the VM's watchdog makes to the vendor API to delete its own VM.
+
+    ``headers`` carry the narrow credential (that is why a :class:`SelfDestruct` only travels
+    over SSH into a 0600 file, never into user-data or the session record). ``ok_statuses``:
+    the answers that count as done (a 404 means the VM is already gone).
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    json_body: Mapping[str, Any] | None = None
+    ok_statuses: tuple[int, ...] = (200, 201, 202, 204, 404)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "url": self.url,
+            "headers": dict(self.headers),
+            "json": dict(self.json_body) if self.json_body is not None else None,
+            "ok_statuses": list(self.ok_statuses),
+        }
+
+
+@dataclass(frozen=True)
+class SelfDestruct:
+    """How a VM deletes itself when the on-VM watchdog fires (:meth:`Provider.self_destruct`).
+
+    ``calls`` run in order from the VM. ``credential`` says in one line what the credential is
+    and what else it could do (shown by ``up``); ``secrets`` are the values to scrub from any
+    output; ``revoke_handle`` is a non-secret id :meth:`Provider.revoke_self_destruct` needs to
+    revoke the credential at ``down`` (None: nothing to revoke).
+    """
+
+    calls: tuple[HTTPCall, ...]
+    credential: str
+    secrets: tuple[str, ...] = ()
+    expires_at: dt.datetime | None = None
+    revoke_handle: str | None = None
+
+
+@dataclass(frozen=True)
 class CredentialCheck:
     ok: bool
     reason: str = ""
@@ -417,6 +459,26 @@ class Provider(ABC):
     @abstractmethod
     def delete_instance(self, instance_id: str) -> None:
         """Delete the instance. Idempotent: the vendor's 'not found' means it is gone."""
+
+    # -- the on-VM watchdog's credential (optional capability; contract v1 defaults) ----------
+
+    #: Whether powering a VM off (from inside, as the watchdog does without a credential) stops
+    #: its compute billing on this provider.
+    poweroff_stops_billing: ClassVar[bool] = False
+
+    def self_destruct(self, instance: VMInstance, *, valid_for_s: float, label: str) -> SelfDestruct | None:
+        """The calls (and the narrowest credential the vendor allows) for ``instance`` to delete itself.
+
+        Mint a scoped credential that expires after ``valid_for_s`` where the vendor's API can,
+        else use one the user configured for this purpose; never the user's main credential.
+        None: no such credential exists, and the watchdog powers the VM off instead (the laptop
+        side then deletes it). Called once per session, after the VM runs.
+        """
+        return None
+
+    def revoke_self_destruct(self, handle: str) -> None:
+        """Revoke the credential :meth:`self_destruct` minted (its ``revoke_handle``). Idempotent."""
+        return None
 
 
 class CatalogOnlyProvider(Provider):
