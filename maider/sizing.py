@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from maider.models import ModelSpec, unquantized_sibling
-from maider.provider import GPUModel, Price, VMType
+from maider.provider import GPUModel, VMType
 
 GIB = 1024**3
 GB = 1000**3
@@ -195,25 +195,6 @@ class FitEstimate:
             f"{self.total_needed_gib:.1f}/{self.usable_gib:.1f} GiB per GPU "
             f"({self.full_length_sequences} full-length sequence(s))"
         )
-
-
-@dataclass(frozen=True)
-class RankedType:
-    """A VM type evaluated for a model, with the price used to rank it."""
-
-    vm_type: VMType
-    region: str | None  # the cheapest matching region (None when the type lists none)
-    price: Price  # in the provider's currency
-    comparable_price: float  # hourly, in the caller's comparison currency
-    estimate: FitEstimate
-
-    @property
-    def fits(self) -> bool:
-        return self.estimate.fits
-
-
-#: Converts a provider price to a number in one comparison currency (e.g. EUR → USD).
-PriceConverter = Callable[[Price], float]
 
 
 # --------------------------------------------------------------------------------------------
@@ -601,103 +582,3 @@ def _needed_total_gb(
     ) / utilization
     fraction = visible_vram_gib(vm_type.gpu) / vm_type.gpu.vram_gb if vm_type.gpu.vram_gb else 1.0
     return math.ceil(per_gpu / fraction * max(1, tp))
-
-
-# --------------------------------------------------------------------------------------------
-# Ranking VM types for `maider recommend`
-# --------------------------------------------------------------------------------------------
-
-
-def _comparable(price: Price, convert: PriceConverter | None, seen: set[str]) -> float:
-    if convert is not None:
-        return convert(price)
-    seen.add(price.currency)
-    if len(seen) > 1:
-        raise ValueError(
-            f"prices in {' and '.join(sorted(seen))} cannot be compared: pass convert= to rank_types"
-        )
-    return price.amount
-
-
-def rank_types(
-    model: ModelSpec,
-    types: Iterable[VMType],
-    *,
-    regions: Sequence[str] | None = None,
-    max_model_len: int | None = None,
-    budget: float | None = None,
-    convert: PriceConverter | None = None,
-    max_num_seqs: int | None = DEFAULT_MAX_NUM_SEQS,
-    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
-    dtype: str = "auto",
-    kv_cache_dtype: str = "auto",
-    include_unfit: bool = False,
-) -> list[RankedType]:
-    """VM types that fit ``model``, cheapest first, each with its FitEstimate.
-
-    ``regions``: only types sold in one of them, priced in the cheapest of them. ``budget``: the
-    most per hour, in the comparison currency. ``convert`` turns a Price into that currency (the
-    caller owns exchange rates so that Scaleway's EUR can be compared with USD); without it all
-    prices must share one currency. ``include_unfit`` appends the types that do not fit (after the
-    fitting ones) so the caller can say why.
-    """
-    wanted = set(regions) if regions else None
-    seen: set[str] = set()
-    fitting: list[RankedType] = []
-    unfit: list[RankedType] = []
-    for vm_type in types:
-        candidates = [r for r in vm_type.regions if wanted is None or r in wanted]
-        if wanted is not None and not candidates:
-            continue
-        if candidates:
-            priced = [(_comparable(vm_type.price_in(r), convert, seen), r) for r in candidates]
-            comparable, region = min(priced)
-        else:
-            comparable, region = _comparable(vm_type.hourly_price, convert, seen), None
-        if budget is not None and comparable > budget:
-            continue
-        estimate = estimate_fit(
-            model,
-            vm_type,
-            max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs,
-            gpu_memory_utilization=gpu_memory_utilization,
-            dtype=dtype,
-            kv_cache_dtype=kv_cache_dtype,
-        )
-        ranked = RankedType(vm_type, region, vm_type.price_in(region), comparable, estimate)
-        (fitting if estimate.fits else unfit).append(ranked)
-
-    def key(r: RankedType) -> tuple[float, float, str]:
-        return (r.comparable_price, r.vm_type.total_vram_gb, r.vm_type.id)
-
-    return sorted(fitting, key=key) + (sorted(unfit, key=key) if include_unfit else [])
-
-
-def smallest_fitting(
-    model: ModelSpec,
-    types: Iterable[VMType],
-    *,
-    regions: Sequence[str] | None = None,
-    max_model_len: int | None = None,
-    budget: float | None = None,
-    convert: PriceConverter | None = None,
-    max_num_seqs: int | None = DEFAULT_MAX_NUM_SEQS,
-    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
-    dtype: str = "auto",
-    kv_cache_dtype: str = "auto",
-) -> RankedType | None:
-    """The cheapest type that fits (what "smallest" means to someone paying by the hour), or None."""
-    ranked = rank_types(
-        model,
-        types,
-        regions=regions,
-        max_model_len=max_model_len,
-        budget=budget,
-        convert=convert,
-        max_num_seqs=max_num_seqs,
-        gpu_memory_utilization=gpu_memory_utilization,
-        dtype=dtype,
-        kv_cache_dtype=kv_cache_dtype,
-    )
-    return ranked[0] if ranked else None

@@ -20,13 +20,10 @@ from maider.models import ModelSpec, get_model
 from maider.provider import GPUModel, Price, VMType
 from maider.sizing import (
     DEFAULT_MAX_NUM_SEQS,
-    FitEstimate,
     VLLMSettings,
     estimate_fit,
     kv_bytes_per_token_per_layer,
     kv_cache_gib,
-    rank_types,
-    smallest_fitting,
     visible_vram_gib,
 )
 
@@ -395,65 +392,6 @@ def test_summary_is_one_line() -> None:
     bad = estimate_fit(model(QWEN32_AWQ), vm(RTX_4000_ADA))
     assert "fits" in ok.summary() and "\n" not in ok.summary()
     assert "does not fit" in bad.summary()
-
-
-# --------------------------------------------------------------------------------------------
-# Ranking
-# --------------------------------------------------------------------------------------------
-
-
-def _eur_to_usd(price: Price) -> float:
-    return price.amount * (1.10 if price.currency == "EUR" else 1.0)
-
-
-def test_rank_types_sorts_fitting_types_by_comparable_price() -> None:
-    types = [
-        replace(vm(H100, 1, price=2.50), id="h100"),
-        replace(vm(L40S, 1, price=1.40, currency="EUR"), id="l40s-eur"),  # 1.54 USD
-        replace(vm(L40S, 1, price=1.50), id="l40s-usd"),
-        replace(vm(RTX_4000_ADA, 1, price=0.50), id="rtx4000"),  # does not fit
-    ]
-    ranked = rank_types(model(QWEN32_AWQ), types, convert=_eur_to_usd)
-    assert [r.vm_type.id for r in ranked] == ["l40s-usd", "l40s-eur", "h100"]
-    assert all(isinstance(r.estimate, FitEstimate) and r.fits for r in ranked)
-    assert ranked[1].comparable_price == pytest.approx(1.54)
-    assert ranked[1].price == Price(1.40, "EUR")
-
-    with_unfit = rank_types(model(QWEN32_AWQ), types, convert=_eur_to_usd, include_unfit=True)
-    assert with_unfit[-1].vm_type.id == "rtx4000" and not with_unfit[-1].fits
-
-    cheap = rank_types(model(QWEN32_AWQ), types, convert=_eur_to_usd, budget=1.52)
-    assert [r.vm_type.id for r in cheap] == ["l40s-usd"]
-
-    best = smallest_fitting(model(QWEN32_AWQ), types, convert=_eur_to_usd)
-    assert best is not None and best.vm_type.id == "l40s-usd"
-    assert smallest_fitting(model(QWEN32_AWQ), types[3:], convert=_eur_to_usd) is None
-
-
-def test_rank_types_refuses_mixed_currencies_without_a_converter() -> None:
-    types = [vm(L40S, price=1.4, currency="EUR"), vm(H100, price=2.5)]
-    with pytest.raises(ValueError, match="convert"):
-        rank_types(model(QWEN32_AWQ), types)
-
-
-def test_rank_types_filters_and_prices_by_region() -> None:
-    regional = replace(
-        vm(L40S, price=1.50, regions=("us-east", "eu-west")), region_prices={"eu-west": Price(1.20)}
-    )
-    elsewhere = replace(vm(H100, price=0.10, regions=("ap-south",)), id="h100-ap")
-    ranked = rank_types(model(QWEN32_AWQ), [regional, elsewhere], regions=["us-east", "eu-west"])
-    assert [(r.vm_type.id, r.region, r.comparable_price) for r in ranked] == [(regional.id, "eu-west", 1.20)]
-    ranked = rank_types(model(QWEN32_AWQ), [regional, elsewhere], regions=["us-east"])
-    assert [(r.region, r.comparable_price) for r in ranked] == [("us-east", 1.50)]
-
-
-def test_rank_types_with_a_fixed_context() -> None:
-    types = [replace(vm(L4, price=0.7), id="l4"), replace(vm(L40S, price=1.5), id="l40s")]
-    spec = model("Qwen/Qwen2.5-Coder-14B-Instruct-AWQ")
-    assert [r.vm_type.id for r in rank_types(spec, types)] == ["l4", "l40s"]
-    # 32k fits the L4 once; asking for the model max on a 131k copy leaves only the L40S.
-    long = replace(spec, max_context=131072)
-    assert [r.vm_type.id for r in rank_types(long, types, max_model_len=65536)] == ["l40s"]
 
 
 # --------------------------------------------------------------------------------------------
