@@ -67,6 +67,46 @@ def test_broken_plugin_warns_once_and_others_keep_working(plugin_dir: Path, cli)
     assert "tiny" in result.stdout
 
 
+def test_plugin_whose_catalog_module_fails_is_reported_by_providers(plugin_dir: Path, cli) -> None:
+    source = tiny_provider_source("halfbroken", "halfbroken_cloud").replace(
+        'catalog_module: ClassVar[str] = "halfbroken_cloud"',
+        'catalog_module: ClassVar[str] = "no_such_module_x"',
+    )
+    make_plugin(
+        plugin_dir,
+        "maider-halfbroken",
+        "halfbroken",
+        "halfbroken_cloud:TinyProvider",
+        "halfbroken_cloud",
+        source,
+    )
+    make_plugin(
+        plugin_dir,
+        "maider-tiny",
+        "tiny",
+        "tiny_cloud:TinyProvider",
+        "tiny_cloud",
+        tiny_provider_source("tiny", "tiny_cloud"),
+    )
+    plugins.reset_cache()
+    result = cli("providers", "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = {r["id"]: r for r in json.loads(result.stdout)["providers"]}
+    assert rows["tiny"]["gpu_types"] == 1
+    assert rows["halfbroken"]["loaded"] is False
+    assert "no_such_module_x" in rows["halfbroken"]["error"]
+    assert "pip uninstall maider-halfbroken" in result.stderr
+    assert "Traceback" not in result.stderr
+    table = cli("providers")
+    assert table.exit_code == 0 and "failed: its catalog does not load" in table.stdout
+    # Planning without naming a provider skips it with a warning instead of stopping.
+    plan = cli("up", "--dry-run")
+    assert plan.exit_code == 0, plan.stderr
+    unnamed = cli("recommend")
+    assert unnamed.exit_code == 0, unnamed.stderr
+    assert "halfbroken" in unnamed.stderr and "tiny-1" in unnamed.stdout
+
+
 def test_incompatible_contract_version_is_skipped_with_a_warning(plugin_dir: Path, cli) -> None:
     make_plugin(
         plugin_dir,

@@ -34,14 +34,18 @@ def providers(as_json: opt.Json = False) -> None:
             row["contract"] = cls.contract_version
             row["credentials"] = _credentials_state(cls)
             row["credential_variables"] = list(cls.credential_env_vars)
-            from maider.catalog import read_cached
-
-            cached = read_cached(info.id)
-            cat = cached[0] if cached else cls.embedded_catalog()
-            row["gpu_types"] = len(cat.types)
-            row["catalog_date"] = cat.as_of.isoformat()
-            row["catalog_source"] = cat.source
             row["currency"] = cls.currency
+            try:
+                row.update(_catalog_summary(info.id, cls))
+            except Exception as exc:  # a plugin's catalog module is third-party code: report, go on
+                row["loaded"] = False
+                row["error"] = f"its catalog does not load: {type(exc).__name__}: {exc}"
+                from maider.output import warn
+
+                warn(
+                    f"provider {info.id!r} ({info.distribution}) is unusable: {row['error']}; "
+                    f"reinstall it or `pip uninstall {info.distribution}`"
+                )
         else:
             row["error"] = failed[info.id].reason if info.id in failed else "not loaded"
         rows.append(row)
@@ -83,6 +87,14 @@ def providers(as_json: opt.Json = False) -> None:
     console().print(table)
 
 
+def _catalog_summary(provider_id: str, cls: Any) -> dict[str, Any]:
+    from maider.catalog import read_cached
+
+    cached = read_cached(provider_id)
+    cat = cached[0] if cached else cls.embedded_catalog()
+    return {"gpu_types": len(cat.types), "catalog_date": cat.as_of.isoformat(), "catalog_source": cat.source}
+
+
 def _credentials_state(cls: Any) -> str:
     from maider.errors import MaiderError
 
@@ -90,6 +102,8 @@ def _credentials_state(cls: Any) -> str:
         provider = cls()
     except MaiderError as exc:
         return f"invalid settings: {exc}"
+    except Exception as exc:  # its settings model failed to import or validate
+        return f"unusable settings: {type(exc).__name__}: {exc}"
     if provider.has_credentials():
         return "configured"
     return f"missing: set {' '.join(cls.credential_env_vars) or 'see provider docs'}"
