@@ -99,7 +99,16 @@ def measure(pid: str) -> list[tuple[str, int]]:
             polls += 1
         rows.append((f"get_instance until running ({polls + 1} polls)", len(sim.log) - before))
         count("list_instances (1 session)", lambda: provider.list_instances("maider"))
+        provider.wall_time = clock.now  # type: ignore[method-assign]  # expiries in the sim's time
+        running = provider.get_instance(vm.id)
+        destruct = count(
+            "self_destruct (watchdog credential)",
+            lambda: provider.self_destruct(running, valid_for_s=3600, label="maider-bench-watchdog"),
+        )
         count("delete_instance", lambda: provider.delete_instance(vm.id))
+        if destruct is not None and destruct.revoke_handle is not None:
+            handle = destruct.revoke_handle
+            count("revoke_self_destruct", lambda: provider.revoke_self_destruct(handle))
     return rows
 
 

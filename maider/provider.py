@@ -250,7 +250,7 @@ class HTTPCall:
 
     method: str
     url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # holds the credential
     json_body: Mapping[str, Any] | None = None
     ok_statuses: tuple[int, ...] = (200, 201, 202, 204, 404)
 
@@ -276,7 +276,7 @@ class SelfDestruct:
 
     calls: tuple[HTTPCall, ...]
     credential: str
-    secrets: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = field(default=(), repr=False)
     expires_at: dt.datetime | None = None
     revoke_handle: str | None = None
 
@@ -311,6 +311,14 @@ class CapacityError(ProviderError):
 
 class NotFound(ProviderError):
     """The resource does not exist (for deletes: it is gone)."""
+
+
+class SelfDestructUnavailable(ProviderError):
+    """:meth:`Provider.self_destruct` could not set up the watchdog's credential.
+
+    The message (one line, scrubbed) says which permission or setting is missing. The caller
+    falls back to the watchdog powering the VM off, which the laptop side then deletes.
+    """
 
 
 def scrub(text: str, secrets: list[str | None]) -> str:
@@ -472,13 +480,25 @@ class Provider(ABC):
         Mint a scoped credential that expires after ``valid_for_s`` where the vendor's API can,
         else use one the user configured for this purpose; never the user's main credential.
         None: no such credential exists, and the watchdog powers the VM off instead (the laptop
-        side then deletes it). Called once per session, after the VM runs.
+        side then deletes it). Called once per session, after the VM runs. Raises
+        :class:`SelfDestructUnavailable` when the credential cannot be minted (say, the user's
+        token may not create tokens); the caller then falls back to power-off.
         """
         return None
 
     def revoke_self_destruct(self, handle: str) -> None:
         """Revoke the credential :meth:`self_destruct` minted (its ``revoke_handle``). Idempotent."""
         return None
+
+    def wall_time(self) -> float:
+        """Seconds since the epoch, the base of credential expiry times.
+
+        A method so that a test can put its simulator's clock here (the vendor's clock is the
+        one that decides when a credential has expired).
+        """
+        import time
+
+        return time.time()
 
 
 class CatalogOnlyProvider(Provider):

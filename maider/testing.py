@@ -8,11 +8,16 @@ same suite against its simulator; see ``docs/ADDING-PROVIDERS.md``.
 
 The scenarios are what maider's lifecycle relies on: create → running → list by tag → delete →
 gone, idempotent deletes, typed errors, retries that never duplicate a VM, and no secret in any
-request or error message.
+request or error message. Optional capabilities are tested when present: the watchdog's
+credential (``self_destruct``: its calls, made with plain urllib, delete the VM; it expires; a
+revoked one is refused), skipped for a provider that returns None.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 import uuid
 from typing import Any, ClassVar, Protocol
 
@@ -27,6 +32,7 @@ from maider.provider import (
     NotFound,
     Provider,
     ProviderError,
+    SelfDestruct,
     VMInstance,
 )
 
@@ -35,6 +41,32 @@ TEST_PUBLIC_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl maider-contract-test"
 )
 USER_DATA = "#cloud-config\nruncmd:\n  - [echo, maider-contract-test]\n"
+
+
+def run_self_destruct(destruct: SelfDestruct, timeout: float = 10.0) -> list[int]:
+    """Make ``destruct.calls`` as the VM's watchdog does (plain urllib, no SDK, no proxy).
+
+    Returns the HTTP status of each call made; it stops at the first one outside its
+    ``ok_statuses``.
+    """
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    statuses: list[int] = []
+    for call in destruct.calls:
+        data = json.dumps(call.json_body).encode() if call.json_body is not None else None
+        headers = dict(call.headers)
+        if data is not None:
+            headers.setdefault("Content-Type", "application/json")
+        request = urllib.request.Request(call.url, data=data, headers=headers, method=call.method)
+        try:
+            with opener.open(request, timeout=timeout) as answer:
+                status = int(answer.status)
+        except urllib.error.HTTPError as exc:
+            status = int(exc.code)
+            exc.close()
+        statuses.append(status)
+        if status not in call.ok_statuses:
+            break
+    return statuses
 
 
 class CloudDouble(Protocol):
@@ -213,3 +245,67 @@ class ProviderContract:
             bad_provider.list_instances("maider")
         for secret in cloud.secrets:
             assert secret not in str(info.value)
+
+    # -- the watchdog's credential (optional: skipped when self_destruct returns None) -------
+
+    #: Label of the credentials the self-destruct scenarios mint.
+    watchdog_label: ClassVar[str] = "maider-contract-watchdog"
+
+    def _self_destruct_or_skip(self, provider: Provider, vm: VMInstance, valid_for_s: float) -> SelfDestruct:
+        destruct = provider.self_destruct(vm, valid_for_s=valid_for_s, label=self.watchdog_label)
+        if destruct is None:
+            provider.delete_instance(vm.id)
+            pytest.skip(f"{provider.id} has no self-destruct credential here (the watchdog powers off)")
+        return destruct
+
+    def test_self_destruct_deletes_the_vm(self, provider: Provider, cloud: CloudDouble) -> None:
+        vm = self.wait_running(provider, cloud, provider.create_instance(self.spec(provider)).id)
+        destruct = self._self_destruct_or_skip(provider, vm, valid_for_s=3600)
+        assert destruct.calls and destruct.secrets and destruct.credential
+        # A credential of its own, never the user's main one, and never shown by repr().
+        for secret in cloud.secrets:
+            assert secret not in json.dumps([c.to_dict() for c in destruct.calls])
+            assert secret not in destruct.secrets
+        for secret in destruct.secrets:
+            assert secret not in repr(destruct)
+        statuses = run_self_destruct(destruct)
+        assert len(statuses) == len(destruct.calls), statuses
+        assert all(s in c.ok_statuses for s, c in zip(statuses, destruct.calls, strict=True)), statuses
+        for _ in range(40):
+            if provider.get_instance_status(vm.id) is InstanceStatus.DELETED:
+                break
+            cloud.advance(self.poll_seconds)
+        assert vm.id not in cloud.running_ids()
+        provider.delete_instance(vm.id)  # what `down` does afterwards: still fine
+        if destruct.revoke_handle is not None:
+            provider.revoke_self_destruct(destruct.revoke_handle)
+            provider.revoke_self_destruct(destruct.revoke_handle)  # idempotent
+
+    def test_self_destruct_credential_expires(self, provider: Provider, cloud: CloudDouble) -> None:
+        vm = self.wait_running(provider, cloud, provider.create_instance(self.spec(provider)).id)
+        destruct = self._self_destruct_or_skip(provider, vm, valid_for_s=600)
+        if destruct.expires_at is None:
+            provider.delete_instance(vm.id)
+            pytest.skip("this credential has no expiry the provider controls")
+        cloud.advance(601)
+        statuses = run_self_destruct(destruct)
+        assert statuses and statuses[-1] in (401, 403), statuses
+        assert vm.id in cloud.running_ids()
+        self.delete_and_confirm(provider, cloud, vm.id)
+        if destruct.revoke_handle is not None:
+            provider.revoke_self_destruct(destruct.revoke_handle)
+
+    def test_revoked_self_destruct_credential_is_refused(
+        self, provider: Provider, cloud: CloudDouble
+    ) -> None:
+        vm = self.wait_running(provider, cloud, provider.create_instance(self.spec(provider)).id)
+        destruct = self._self_destruct_or_skip(provider, vm, valid_for_s=3600)
+        if destruct.revoke_handle is None:
+            provider.delete_instance(vm.id)
+            pytest.skip("nothing to revoke: the credential is the user's own")
+        provider.revoke_self_destruct(destruct.revoke_handle)
+        statuses = run_self_destruct(destruct)
+        assert statuses and statuses[-1] in (401, 403), statuses
+        assert vm.id in cloud.running_ids()
+        self.delete_and_confirm(provider, cloud, vm.id)
+        provider.revoke_self_destruct(destruct.revoke_handle)  # gone already: not an error

@@ -243,3 +243,21 @@ def test_sdk_traffic_is_spec_valid(digitalocean_env: DigitalOceanSim, cloudsim_c
     assert digitalocean_env.violations == []
     # python-digitalocean's nulls for unset optional fields are tolerated, and said so.
     assert any("vpc_uuid" in t for t in digitalocean_env.tolerated)
+
+
+def test_custom_scoped_token(digitalocean_env: DigitalOceanSim, cloudsim_clock: FakeClock) -> None:
+    narrow_token = "dop_v1_narrow0000000000000000000000000000000000000000000000000000000"
+    digitalocean_env.add_token(narrow_token, ["droplet:read"], expires_at=cloudsim_clock.now() + 60)
+    d = droplet()
+    read = digitalocean.Droplet(token=narrow_token, id=d.id)
+    read.load()  # droplet:read
+    assert read.name == "maider-1"
+    with pytest.raises(digitalocean.DataReadError, match="You do not have permission"):
+        read.destroy()  # no droplet:delete
+    assert digitalocean_env.log.find("DELETE")[-1].status == 403
+    with pytest.raises(digitalocean.DataReadError):
+        digitalocean.Manager(token=narrow_token).get_all_sshkeys()
+    cloudsim_clock.advance(61)
+    with pytest.raises(digitalocean.DataReadError, match="Unable to authenticate you"):
+        digitalocean.Droplet(token=narrow_token, id=d.id).load()  # expired: 401
+    digitalocean.Droplet(token=DO_TOKEN, id=d.id).destroy()  # the main token may do anything

@@ -285,3 +285,64 @@ def test_sdk_traffic_is_spec_valid(linode_sim: LinodeSim, cloudsim_clock: FakeCl
     list(c.linode.instances(linode_api4.Instance.tags.contains("maider")))
     c.load(linode_api4.Instance, inst.id).delete()
     assert linode_sim.violations == []  # (the fixture checks this too)
+
+
+# -- personal access tokens (the watchdog's credential) ---------------------------------------
+
+
+def test_minted_token_scopes_expiry_and_revocation(linode_sim: LinodeSim, cloudsim_clock: FakeClock) -> None:
+    import datetime as dt
+
+    c = client(linode_sim)
+    inst = create(c)
+    expiry = dt.datetime.fromtimestamp(cloudsim_clock.now() + 600, tz=dt.timezone.utc).replace(tzinfo=None)
+    pat = c.profile.token_create(label="watchdog", expiry=expiry, scopes="linodes:read_write")
+    assert len(pat.token) == 64 and pat.scopes == "linodes:read_write"
+    listed = list(c.profile.tokens())
+    assert [t.token for t in listed] == [pat.token[:16]]  # the full token is shown once only
+
+    narrow = linode_api4.LinodeClient(pat.token, base_url=linode_sim.url, retry=False)
+    assert [i.id for i in narrow.linode.instances()] == [inst.id]
+    with pytest.raises(linode_api4.ApiError) as info:
+        list(narrow.networking.firewalls())
+    assert info.value.status == 401 and "not authorized to use this endpoint" in str(info.value)
+    with pytest.raises(linode_api4.ApiError) as info:
+        narrow.profile.token_create(label="more", scopes="*")
+    assert info.value.status == 401
+
+    cloudsim_clock.advance(601)  # expired: refused like a revoked token
+    with pytest.raises(linode_api4.ApiError) as info:
+        list(narrow.linode.instances())
+    assert info.value.status == 401 and "Invalid Token" in str(info.value)
+    assert list(c.profile.tokens()) == []
+
+
+def test_revoked_token_is_refused_and_a_second_revoke_is_404(linode_sim: LinodeSim) -> None:
+    c = client(linode_sim)
+    pat = c.profile.token_create(label="watchdog", scopes="linodes:read_write")
+    assert pat.expiry is None  # no expiry asked: valid until revoked
+    linode_api4.PersonalAccessToken(c, pat.id).delete()
+    narrow = linode_api4.LinodeClient(pat.token, base_url=linode_sim.url, retry=False)
+    with pytest.raises(linode_api4.ApiError) as info:
+        list(narrow.linode.instances())
+    assert info.value.status == 401
+    with pytest.raises(linode_api4.ApiError) as info:
+        linode_api4.PersonalAccessToken(c, pat.id).delete()
+    assert info.value.status == 404
+
+
+def test_a_token_cannot_mint_beyond_its_scopes(linode_sim: LinodeSim) -> None:
+    c = client(linode_sim)
+    middle = c.profile.token_create(label="middle", scopes="account:read_write linodes:read_only")
+    m = linode_api4.LinodeClient(middle.token, base_url=linode_sim.url, retry=False)
+    with pytest.raises(linode_api4.ApiError) as info:
+        m.profile.token_create(label="wider", scopes="linodes:read_write")
+    assert info.value.status == 400
+    narrower = m.profile.token_create(label="narrower", scopes="linodes:read_only")
+    assert narrower.scopes == "linodes:read_only"
+    with pytest.raises(linode_api4.ApiError):
+        c.profile.token_create(label="bad", scopes="linodes:everything")
+    # An expiry already past is refused (guess: the real API's check).
+    with pytest.raises(linode_api4.ApiError) as info:
+        c.profile.token_create(label="old", expiry="2001-01-01T00:00:00", scopes="linodes:read_only")
+    assert info.value.status == 400

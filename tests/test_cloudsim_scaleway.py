@@ -466,3 +466,66 @@ def test_block_schema_violations_are_caught(scaleway_env: ScalewaySim) -> None:
     found = sim.take_violations()
     assert [(v.kind, v.method) for v in found] == [("request", "PATCH"), ("response", "GET")]
     assert "tagz" in found[0].message and "melting" in found[1].message
+
+
+# -- IAM applications, policies and API keys (the watchdog's credential) -----------------------
+
+
+def test_iam_minted_key_permissions_expiry_and_revocation(
+    scaleway_env: ScalewaySim, cloudsim_clock: FakeClock
+) -> None:
+    import datetime as dt
+
+    a = api(scaleway_env)
+    server = create(a)
+    a.server_action(server_id=server.id, action="poweron")
+    cloudsim_clock.advance(60)
+    iam = iam_v1alpha1.IamV1Alpha1API(a.client)
+    app = iam.create_application(name="watchdog", description="d", organization_id=server.organization)
+    rule = iam_v1alpha1.RuleSpecs(
+        condition=None, permission_set_names=["InstancesFullAccess"], project_ids=[SCW_PROJECT_ID]
+    )
+    policy = iam.create_policy(name="watchdog", description="d", application_id=app.id, rules=[rule])
+    assert (policy.nb_rules, policy.nb_permission_sets) == (1, 1)
+    expires = dt.datetime.fromtimestamp(cloudsim_clock.now() + 600, tz=dt.timezone.utc)
+    key = iam.create_api_key(
+        application_id=app.id, description="d", expires_at=expires, default_project_id=SCW_PROJECT_ID
+    )
+    assert key.secret_key and key.expires_at == expires
+    assert iam.get_api_key(access_key=key.access_key).secret_key is None  # shown once only
+
+    narrow = scaleway.Client(
+        access_key=key.access_key,
+        secret_key=key.secret_key,
+        default_project_id=SCW_PROJECT_ID,
+        default_zone=ZONE,
+        api_url=scaleway_env.url,
+    )
+    na = custom_api.InstanceUtilsV1API(narrow)
+    assert na.get_server(server_id=server.id).server.id == server.id
+    with pytest.raises(ScalewayException) as info:
+        iam_v1alpha1.IamV1Alpha1API(narrow).create_application(
+            name="x", description="x", organization_id=server.organization
+        )
+    assert info.value.status_code == 403
+    assert info.value.response.json()["type"] == "permissions_denied"
+    with pytest.raises(ScalewayException) as info:
+        block_v1alpha1.BlockV1Alpha1API(narrow).list_volumes(zone=ZONE)
+    assert info.value.status_code == 403
+
+    cloudsim_clock.advance(601)  # expired
+    with pytest.raises(ScalewayException) as info:
+        na.get_server(server_id=server.id)
+    assert info.value.status_code == 401
+
+    # Deleting the application deletes its keys (the SDK's docstring says so).
+    iam.delete_application(application_id=app.id)
+    assert scaleway_env.api_keys == {}
+    iam.delete_policy(policy_id=policy.id)
+    with pytest.raises(ScalewayException) as info:
+        iam.delete_policy(policy_id=policy.id)
+    assert info.value.status_code == 404
+    a.server_action(server_id=server.id, action="terminate")
+    cloudsim_clock.advance(60)
+    for vol in scaleway_env.volumes():
+        vol.deleted_at = cloudsim_clock.now()  # not this test's subject

@@ -27,10 +27,12 @@ from maider.provider import (
     Billing,
     Catalog,
     CredentialCheck,
+    HTTPCall,
     InstanceSpec,
     NotFound,
     Provider,
     ProviderError,
+    SelfDestruct,
     VMInstance,
     VMType,
 )
@@ -61,6 +63,10 @@ class DigitalOceanProvider(Provider):
     page_size: int = 200
     #: Name given to SSH keys maider uploads when the caller has no better label.
     ssh_key_label: ClassVar[str] = "maider"
+
+    #: A powered-off droplet is billed like a running one until it is destroyed (shared notes
+    #: §4.2; DigitalOcean's pricing docs: "You are billed for powered-off Droplets").
+    poweroff_stops_billing: ClassVar[bool] = False
 
     _client: Client | None = None
 
@@ -332,6 +338,44 @@ class DigitalOceanProvider(Provider):
             self._call(destroy)
         except NotFound:
             return  # DigitalOcean's 404: already gone (only this error means that)
+
+    # -- the watchdog's credential -------------------------------------------------------------
+
+    def self_destruct(self, instance: VMInstance, *, valid_for_s: float, label: str) -> SelfDestruct | None:
+        """``DELETE /v2/droplets/{id}`` with the user's ``watchdog_token``; None without one.
+
+        DigitalOcean's public API has no endpoint that creates tokens, so nothing is minted and
+        nothing is revoked: the user made the token (custom scopes, own expiry) and owns it.
+        ``valid_for_s`` and ``label`` do not apply.
+        """
+        from maider.errors import ConfigError
+
+        token = self._settings.watchdog_token
+        secret = token.get_secret_value().strip() if token is not None else ""
+        if not secret:
+            return None
+        main = self._settings.token
+        if main is not None and secret == main.get_secret_value().strip():  # also refused at load
+            raise ConfigError(
+                "MAIDER_DIGITALOCEAN_WATCHDOG_TOKEN is the main API token, which must never be copied "
+                "to the VM: set it to a token with only the droplet:read and droplet:delete scopes"
+            )
+        if not instance.id.isdigit():
+            raise ProviderError(f"not a droplet id: {instance.id!r}", provider=self.id)
+        call = HTTPCall(
+            method="DELETE",
+            url=f"{self._settings.end_point}droplets/{instance.id}",  # end_point ends in "/v2/"
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+        return SelfDestruct(
+            calls=(call,),
+            credential=(
+                "your DigitalOcean watchdog token (MAIDER_DIGITALOCEAN_WATCHDOG_TOKEN); with only the "
+                "droplet:read and droplet:delete scopes it can also read and delete every other "
+                "droplet on the account, until the expiry you gave it"
+            ),
+            secrets=(secret,),
+        )
 
     # -- catalog ---------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from maider.config import ProviderSettings
@@ -42,6 +42,28 @@ class DigitalOceanSettings(ProviderSettings):
         ),
         description="personal access token with droplet, firewall and ssh_key scopes",
     )
+
+    # DigitalOcean's public API cannot create tokens, so the watchdog's narrow credential is one
+    # the user makes in the control panel (API → Generate New Token → Custom Scopes).
+    watchdog_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "token the VM uses to delete itself when idle: a custom-scoped token with only the "
+            "droplet:read and droplet:delete scopes, with an expiry (never the main token)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _watchdog_token_is_not_the_main_one(self) -> DigitalOceanSettings:
+        watchdog = self.watchdog_token.get_secret_value().strip() if self.watchdog_token else ""
+        main = self.token.get_secret_value().strip() if self.token else ""
+        if watchdog and watchdog == main:
+            raise ValueError(
+                "watchdog_token is the main API token, which must never be copied to the VM: create a "
+                "token with only the droplet:read and droplet:delete scopes (control panel → API → "
+                "Custom Scopes) and set MAIDER_DIGITALOCEAN_WATCHDOG_TOKEN to it, or unset it"
+            )
+        return self
 
     @field_validator("api_url", mode="before")
     @classmethod

@@ -17,10 +17,13 @@ from maider.provider import (
     Billing,
     Catalog,
     CredentialCheck,
+    HTTPCall,
     InstanceSpec,
     NotFound,
     Provider,
     ProviderError,
+    SelfDestruct,
+    SelfDestructUnavailable,
     VMInstance,
     VMType,
 )
@@ -34,6 +37,10 @@ T = TypeVar("T")
 
 #: The Metadata service's limit on decoded user data (API spec, metadata.user_data).
 MAX_USER_DATA_BYTES = 65535
+#: The narrowest scope that can delete a Linode (the spec's OAuth scope of DELETE
+#: /linode/instances/{id}). Tokens cannot be limited to one Linode: this one can also read,
+#: change, create and delete every other Linode on the account until it expires.
+WATCHDOG_SCOPES = "linodes:read_write"
 
 
 class LinodeProvider(Provider):
@@ -51,6 +58,10 @@ class LinodeProvider(Provider):
     currency: ClassVar[str] = "USD"
     #: Billed per started hour (Linode's hourly billing, capped monthly; the cap is ignored here).
     billing: ClassVar[Billing] = Billing(granularity_seconds=3600)
+
+    #: A powered-off Linode is billed like a running one until it is deleted (shared notes §4.1;
+    #: Linode's billing docs: "Linodes are billed whether they are powered on or off").
+    poweroff_stops_billing: ClassVar[bool] = False
 
     def __init__(self, settings: BaseSettings | None = None) -> None:
         super().__init__(settings)
@@ -315,6 +326,81 @@ class LinodeProvider(Provider):
         if deleted is False:  # the SDK's reading of a 200 answer that carries an "error"
             raise ProviderError(f"Linode did not delete {instance_id}", provider=self.id)
 
+    # -- the watchdog's credential ---------------------------------------------------------
+
+    def _api_base(self) -> str:
+        from maider_linode.settings import DEFAULT_API_URL
+
+        return (self._settings.api_url or DEFAULT_API_URL).rstrip("/")
+
+    def self_destruct(self, instance: VMInstance, *, valid_for_s: float, label: str) -> SelfDestruct:
+        """Mint a personal access token with only ``linodes:read_write`` that expires after
+        ``valid_for_s``; the VM deletes itself with ``DELETE /linode/instances/{id}``."""
+        from linode_api4 import PersonalAccessToken
+
+        number = _linode_id(instance.id)
+        if number is None:
+            raise ProviderError(f"not a Linode id: {instance.id!r}", provider=self.id)
+        # Whole seconds, naive UTC: the form the API writes its dates in (and the SDK sends).
+        expiry = dt.datetime.fromtimestamp(int(self.wall_time() + valid_for_s), tz=dt.timezone.utc)
+        token_label = label[:100]
+
+        def revoke_lost() -> None:
+            # A create whose answer was lost made a token nobody can read (the full token is
+            # shown once): revoke it before asking again, rather than leave it valid.
+            for t in self._list(lambda c: c.profile.tokens(PersonalAccessToken.label == token_label)):
+                if t.label == token_label:
+                    self.revoke_self_destruct(str(t.id))
+
+        def find() -> None:
+            revoke_lost()
+            return None
+
+        try:
+            minted = self._create_once(
+                lambda c: c.profile.token_create(
+                    label=token_label, expiry=expiry.replace(tzinfo=None), scopes=WATCHDOG_SCOPES
+                ),
+                find,
+            )
+        except AuthError as exc:
+            raise SelfDestructUnavailable(
+                "the Linode API token may not create the watchdog's token (creating tokens needs "
+                f"the Account read/write scope; Linode said: {exc.status} {_reason(exc)})",
+                provider=self.id,
+                status=exc.status,
+            ) from None
+        secret = str(minted.token or "")
+        if not secret:
+            raise SelfDestructUnavailable("Linode minted a token but did not return it", provider=self.id)
+        call = HTTPCall(
+            method="DELETE",
+            url=f"{self._api_base()}/linode/instances/{number}",
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+        return SelfDestruct(
+            calls=(call,),
+            credential=(
+                f"a Linode personal access token with scope {WATCHDOG_SCOPES} that expires "
+                f"{expiry:%Y-%m-%d %H:%M} UTC; it can also read, change, create and delete every "
+                "other Linode on the account until then"
+            ),
+            secrets=(secret,),
+            expires_at=expiry,
+            revoke_handle=str(minted.id),
+        )
+
+    def revoke_self_destruct(self, handle: str) -> None:
+        from linode_api4 import PersonalAccessToken
+
+        if not str(handle).isdigit():
+            return  # not a token id maider made: nothing to revoke
+        try:
+            # Not loaded: .delete() is the one DELETE /profile/tokens/{id} request.
+            self._retried(lambda c: PersonalAccessToken(c, int(handle)).delete())
+        except NotFound:
+            return  # revoked already (or expired and purged)
+
     # -- catalog ---------------------------------------------------------------------------
 
     def fetch_catalog(self) -> Catalog:
@@ -342,6 +428,14 @@ def _sendable_key(public_key: str) -> str:
             provider=LinodeProvider.id,
         )
     return public_key.strip()
+
+
+def _reason(exc: ProviderError) -> str:
+    """The vendor's reason inside a translated message (it sits in the first parentheses)."""
+    text = str(exc)
+    start = text.find("(")
+    end = text.find("):", start)
+    return text[start + 1 : end] if 0 <= start < end else text
 
 
 def _linode_id(instance_id: str) -> int | None:

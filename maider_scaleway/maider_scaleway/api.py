@@ -26,7 +26,7 @@ import requests
 import scaleway_core.api as _core_api
 from scaleway import Client  # noqa: TID253 - this module is only imported lazily
 from scaleway.block.v1alpha1 import BlockV1Alpha1API  # noqa: TID253
-from scaleway.iam.v1alpha1 import IamV1Alpha1API  # noqa: TID253
+from scaleway.iam.v1alpha1 import IamV1Alpha1API, RuleSpecs  # noqa: TID253
 from scaleway.instance.v1 import SetSecurityGroupRulesRequestRule, VolumeServerTemplate  # noqa: TID253
 from scaleway.instance.v1.custom_api import InstanceUtilsV1API  # noqa: TID253
 from scaleway_core.api import ScalewayException, ValidationError
@@ -49,6 +49,7 @@ __all__ = [
     "SetSecurityGroupRulesRequestRule",
     "VolumeServerTemplate",
     "build_apis",
+    "project_rule",
     "translate",
 ]
 
@@ -132,6 +133,17 @@ class APIs(NamedTuple):
     instance: InstanceAPI
     iam: IamAPI
     block: BlockAPI
+
+
+def project_rule(permission_set: str, project_id: str) -> RuleSpecs:
+    """An IAM policy rule granting one permission set on one project."""
+    return RuleSpecs(
+        # The rule's newer "condition" field is optional on the API; None leaves it out of the
+        # request (the SDK marshals it only when set), where "" would send an empty condition.
+        condition=None,
+        permission_set_names=[permission_set],
+        project_ids=[project_id],
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ specifics that shape this class (shared notes §2.3):
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ipaddress
 import re
 import time
@@ -30,11 +31,14 @@ from maider.provider import (
     Billing,
     Catalog,
     CredentialCheck,
+    HTTPCall,
     InstanceSpec,
     InstanceStatus,
     NotFound,
     Provider,
     ProviderError,
+    SelfDestruct,
+    SelfDestructUnavailable,
     VMInstance,
     VMType,
 )
@@ -50,6 +54,7 @@ T = TypeVar("T")
 DEFAULT_GPU_IMAGE = "ubuntu_noble_gpu_os_12"
 _ZONE_RE = re.compile(r"^[a-z]{2}-[a-z]{3}-[1-9]$")
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_ACCESS_KEY_RE = re.compile(r"^SCW[A-Z0-9]{17}$")
 #: Most pages any listing may take: a guard against an API that never returns a short page.
 _MAX_PAGES = 1000
 _STOPPED = ("stopped", "stopped_in_place")
@@ -60,6 +65,10 @@ _POLL_SECONDS = 5.0
 #: Block Storage volume statuses that mean "not deletable yet, wait" and "deleted already".
 _VOLUME_BUSY = ("in_use", "creating", "resizing", "snapshotting", "updating")
 _VOLUME_GONE = ("deleting", "deleted")
+#: The one permission set the watchdog's API key gets, on the session's project only: the
+#: narrowest documented set that includes the terminate action. It also lets the key create,
+#: change and delete every other Instance resource (servers, IPs, security groups) of that project.
+WATCHDOG_PERMISSION_SET = "InstancesFullAccess"
 
 
 def server_tag(server_id: str) -> str:
@@ -143,6 +152,12 @@ class ScalewayProvider(Provider):
     currency: ClassVar[str] = "EUR"
     #: GPU Instances are billed per started minute while powered on.
     billing: ClassVar[Billing] = Billing(granularity_seconds=60)
+
+    #: An OS-initiated shutdown (what the watchdog can do without a credential) leaves the server
+    #: allocated and billed. guess: Scaleway stops compute billing only for a server powered off
+    #: through the API/console (shared notes §4.3 say a powered-off server stops billing, but not
+    #: for a halt from inside; Scaleway's FAQ says to power off from the console), so: False.
+    poweroff_stops_billing: ClassVar[bool] = False
 
     settings: ScalewaySettings
 
@@ -656,6 +671,121 @@ class ScalewayProvider(Provider):
                 "them in the console (Storage → Block Storage)",
                 self.id,
             )
+
+    # -- the watchdog's credential -----------------------------------------------------------
+
+    def self_destruct(self, instance: VMInstance, *, valid_for_s: float, label: str) -> SelfDestruct:
+        """Mint an IAM application whose only policy is InstancesFullAccess on the server's
+        project, and an API key for it that expires after ``valid_for_s``. The VM terminates
+        itself with ``POST …/servers/{id}/action {"action": "terminate"}``.
+
+        ``terminate`` deletes the server (its compute billing stops) but only detaches its Block
+        Storage root volume, which the key cannot delete and which stays billed until
+        ``delete_instance`` (``maider down`` or ``cleanup``) deletes it.
+
+        Each create is sent once (never retried blindly); when one fails, what was made is
+        deleted again and the error raised.
+        """
+        from maider_scaleway.settings import DEFAULT_API_URL
+
+        zone, server_id = split_id(instance.id)
+        ins, iam = self._instance_api(), self._iam_api()
+        # The server says which organization and project it is in (no Account API needed).
+        server = self._call(lambda: ins.get_server(zone=zone, server_id=server_id)).server
+        organization, project = str(server.organization), str(server.project)
+        expires = dt.datetime.fromtimestamp(int(self.wall_time() + valid_for_s), tz=dt.timezone.utc)
+        name = label[:64]
+        description = f"maider watchdog: lets server {server_id} terminate itself"[:200]
+        made: list[str] = []  # the revoke handle's parts, in creation order
+        try:
+            app = self._attempt(
+                lambda: iam.create_application(
+                    name=name, description=description, organization_id=organization
+                )
+            )
+            made.append(str(app.id))
+            policy = self._attempt(
+                lambda: iam.create_policy(**self._watchdog_policy(app.id, name, organization, project))
+            )
+            made.append(str(policy.id))
+            key = self._attempt(
+                lambda: iam.create_api_key(
+                    application_id=app.id,
+                    description=description,
+                    expires_at=expires,
+                    default_project_id=project,
+                )
+            )
+            made.append(str(key.access_key))
+        except ProviderError as exc:
+            self._revoke_parts(made)
+            if isinstance(exc, AuthError):
+                raise SelfDestructUnavailable(
+                    "the Scaleway API key may not create the watchdog's IAM application, policy and API "
+                    "key (its policy needs the IAMManager permission set in the organization); "
+                    f"Scaleway said: {exc.status}",
+                    provider=self.id,
+                    status=exc.status,
+                ) from None
+            raise
+        secret = str(key.secret_key or "")
+        if not secret:
+            self._revoke_parts(made)
+            raise SelfDestructUnavailable(
+                "Scaleway created an API key but did not return its secret", provider=self.id
+            )
+        base = (self.settings.api_url or DEFAULT_API_URL).rstrip("/")
+        call = HTTPCall(
+            method="POST",
+            url=f"{base}/instance/v1/zones/{zone}/servers/{server_id}/action",
+            headers={"X-Auth-Token": secret, "Content-Type": "application/json"},
+            json_body={"action": "terminate"},
+        )
+        return SelfDestruct(
+            calls=(call,),
+            credential=(
+                f"a Scaleway API key of IAM application {name!r} with {WATCHDOG_PERMISSION_SET} on project "
+                f"{project} only, expiring {expires:%Y-%m-%d %H:%M} UTC; it can also create, change and "
+                "delete every other Instance resource in that project until then"
+            ),
+            secrets=(secret,),
+            expires_at=expires,
+            revoke_handle="/".join(made),
+        )
+
+    @staticmethod
+    def _watchdog_policy(app_id: str, name: str, organization: str, project: str) -> dict[str, Any]:
+        from maider_scaleway import api
+
+        return {
+            "name": name,
+            "description": "maider watchdog: terminate its own server",
+            "organization_id": organization,
+            "application_id": app_id,
+            "rules": [api.project_rule(WATCHDOG_PERMISSION_SET, project)],
+        }
+
+    def revoke_self_destruct(self, handle: str) -> None:
+        """Delete the API key, the policy and the application (each 404: gone already)."""
+        self._revoke_parts(str(handle).split("/"))
+
+    def _revoke_parts(self, parts: list[str]) -> None:
+        """``parts``: [application id, policy id, access key], as far as they were made."""
+        iam = self._iam_api()
+        app, policy, key = [*parts, "", "", ""][:3]
+        # The key first, so the credential dies before anything else.
+        steps: list[tuple[bool, Callable[[], Any]]] = [
+            (bool(_ACCESS_KEY_RE.match(key)), lambda: iam.delete_api_key(access_key=key)),
+            (bool(_UUID_RE.match(policy)), lambda: iam.delete_policy(policy_id=policy)),
+            (bool(_UUID_RE.match(app)), lambda: iam.delete_application(application_id=app)),
+        ]
+        for valid, delete in steps:
+            if not valid:
+                continue  # not made, or not an id maider made
+            try:
+                self._call(delete)
+            except NotFound:
+                continue
 
     def create_instance(self, spec: InstanceSpec) -> VMInstance:
         from maider.retry import create_once

@@ -195,6 +195,14 @@ class SimServer:
     def unauthorized(self) -> Reply:
         raise NotImplementedError
 
+    def authorize(self, req: Request) -> Reply | None:
+        """Refuse a routed request its credential may not make (scoped credentials); None: go on.
+
+        Runs after authentication, under ``self.lock``, with ``req.params`` set. The main
+        credential may do anything; vendors with narrow credentials override this.
+        """
+        return None
+
     def not_found(self, what: str = "", ident: str = "") -> Reply:
         raise NotImplementedError
 
@@ -458,7 +466,8 @@ class SimServer:
         handler, params = found
         req.params = params
         with self.lock:
-            return handler(req)
+            refused = self.authorize(req)
+            return refused if refused is not None else handler(req)
 
     def _apply_tamper(self, method: str, path: str, reply: Reply) -> Reply:
         for m, p, fn in self._tamperers:

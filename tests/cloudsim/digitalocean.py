@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
@@ -26,6 +27,40 @@ NOT_FOUND_MESSAGE = "The resource you were accessing could not be found."
 #: full, even for a size that /v2/sizes lists as available there.
 NO_CAPACITY_MESSAGE = "Size is not available in this region."
 NAME_RE = re.compile(r"^[a-zA-Z0-9]?[a-z0-9A-Z.\-]*[a-z0-9A-Z]$")
+
+
+#: A token without the scope an endpoint needs: the spec's shared "forbidden" response
+#: (specification/shared/responses/forbidden.yml, its example's wording).
+FORBIDDEN_MESSAGE = "You do not have permission to perform this action."
+#: (method, path regex) → the custom scope it needs: each operation's ``security: bearer_auth``
+#: scopes in the spec (e.g. droplets_destroy.yml: droplet:delete).
+SCOPE_RULES: tuple[tuple[str, str, str], ...] = (
+    ("GET", P + "/account", "account:read"),
+    ("GET", P + "/account/keys.*", "ssh_key:read"),
+    ("POST", P + "/account/keys", "ssh_key:create"),
+    ("GET", P + "/regions", "regions:read"),
+    ("GET", P + "/sizes", "sizes:read"),
+    ("GET", P + "/firewalls.*", "firewall:read"),
+    ("POST", P + "/firewalls", "firewall:create"),
+    ("PUT", P + "/firewalls/.*", "firewall:update"),
+    ("POST", P + "/firewalls/.*", "firewall:update"),
+    ("GET", P + "/droplets.*", "droplet:read"),
+    ("POST", P + "/droplets", "droplet:create"),
+    ("DELETE", P + "/droplets.*", "droplet:delete"),
+    ("GET", P + "/actions/.*", "actions:read"),
+)
+
+
+@dataclass
+class ScopedToken:
+    """A custom-scoped token the user made in the control panel (the API cannot create one)."""
+
+    token: str
+    scopes: frozenset[str]
+    expires_at: float | None = None
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
 
 
 class DigitalOceanSim(SimServer):
@@ -44,7 +79,15 @@ class DigitalOceanSim(SimServer):
         #: The spec says GPU droplets are hidden unless type=gpus; whether tag_name alone shows
         #: them is unverified (notes §2.2), so by default it does not (the stricter reading).
         self.tag_name_shows_gpus = False
+        #: Custom-scoped tokens accepted besides the main one (``add_token``).
+        self.scoped_tokens: dict[str, ScopedToken] = {}
         super().__init__(**kw)
+
+    def add_token(self, token: str, scopes: list[str], *, expires_at: float | None = None) -> ScopedToken:
+        """Accept ``token`` with only ``scopes`` (e.g. ["droplet:read", "droplet:delete"])."""
+        scoped = ScopedToken(token, frozenset(scopes), expires_at)
+        self.scoped_tokens[token] = scoped
+        return scoped
 
     def default_timings(self) -> dict[str, float]:
         return {"provision": 60.0, "delete": 0.0}
@@ -117,11 +160,28 @@ class DigitalOceanSim(SimServer):
             status, {"id": code, "message": message, "request_id": self.request_id()}, headers=headers
         )
 
-    def is_authenticated(self, headers: dict[str, str]) -> bool:
+    @staticmethod
+    def _bearer(headers: dict[str, str]) -> str:
         auth = headers.get("authorization", "")
-        if not auth.startswith("Bearer ") or not auth[7:].strip():
+        return auth[7:].strip() if auth.startswith("Bearer ") else ""
+
+    def is_authenticated(self, headers: dict[str, str]) -> bool:
+        value = self._bearer(headers)
+        if not value:
             return False
-        return self.token is None or auth[7:].strip() == self.token
+        scoped = self.scoped_tokens.get(value)
+        if scoped is not None:  # guess: an expired token reads as unknown (401)
+            return scoped.active(self.clock.now())
+        return self.token is None or value == self.token
+
+    def authorize(self, req: Request) -> Reply | None:
+        scoped = self.scoped_tokens.get(self._bearer(req.headers))
+        if scoped is None:
+            return None  # the main token: full access
+        needed = next((sc for m, p, sc in SCOPE_RULES if m == req.method and re.fullmatch(p, req.path)), None)
+        if needed is not None and needed in scoped.scopes:
+            return None
+        return self.error(403, "forbidden", FORBIDDEN_MESSAGE)
 
     def unauthorized(self) -> Reply:
         return self.error(401, "unauthorized", "Unable to authenticate you")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import json
 import math
 import re
+import secrets
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from . import catalogs
@@ -35,6 +38,62 @@ NO_CAPACITY_REASON = (
 )
 
 
+#: A scoped token refused by an endpoint outside its scopes: a 401 with this reason.
+#: guess: the wording is what Linode's API is widely reported to answer (linode-cli issues);
+#: the stored spec only says a revoked token fails "with a 401".
+SCOPE_REFUSED_REASON = "Your OAuth token is not authorized to use this endpoint."
+#: OAuth scope areas (the spec's "OAuth scopes" of each operation); a scope is "<area>:read_only"
+#: or "<area>:read_write", and "*" is every scope.
+SCOPE_AREAS = frozenset(
+    {
+        "account", "databases", "domains", "events", "firewall", "images", "ips", "linodes", "lke",
+        "longview", "monitor", "nodebalancers", "object_storage", "placement", "stackscripts",
+        "volumes", "vpc",
+    }
+)  # fmt: skip
+ALL_SCOPES = frozenset(f"{a}:read_write" for a in SCOPE_AREAS)
+
+
+def parse_scopes(text: str) -> frozenset[str] | None:
+    """``"linodes:read_write account:read_only"`` → the scopes it grants (None: malformed)."""
+    out: set[str] = set()
+    for word in text.split():
+        if word == "*":
+            out |= ALL_SCOPES
+            continue
+        area, _, level = word.partition(":")
+        if area not in SCOPE_AREAS or level not in ("read_only", "read_write"):
+            return None
+        out.add(word)
+    return frozenset(out)
+
+
+def scopes_allow(granted: frozenset[str], area: str, write: bool) -> bool:
+    return f"{area}:read_write" in granted or (not write and f"{area}:read_only" in granted)
+
+
+def _area_level(scope: str) -> tuple[str, bool]:
+    area, _, level = scope.partition(":")
+    return area, level == "read_write"
+
+
+@dataclass
+class PersonalAccessToken:
+    """A token minted through POST /profile/tokens."""
+
+    id: int
+    token: str
+    label: str
+    scopes: str  # as the API shows it ("*" or space-separated)
+    granted: frozenset[str]
+    created: float
+    expiry: float | None  # None: never expires
+    revoked: bool = False
+
+    def active(self, now: float) -> bool:
+        return not self.revoked and (self.expiry is None or now < self.expiry)
+
+
 class LinodeSim(SimServer):
     vendor: ClassVar[str] = "linode"
     api_prefix: ClassVar[str] = P
@@ -57,7 +116,18 @@ class LinodeSim(SimServer):
         self.ssh_keys: list[dict[str, Any]] = []
         self.firewalls: dict[int, dict[str, Any]] = {}
         self.devices: dict[int, list[dict[str, Any]]] = {}
-        self._next_id = {"linode": 70_000_001, "key": 1_000_001, "fw": 500_001, "dev": 900_001}
+        self._next_id = {
+            "linode": 70_000_001,
+            "key": 1_000_001,
+            "fw": 500_001,
+            "dev": 900_001,
+            "token": 3_000_001,
+        }
+        #: Personal access tokens minted through the API (the main token is not one of them).
+        self.tokens: dict[int, PersonalAccessToken] = {}
+        #: What the main token (``token``, or any token when unset) may do; a test narrows it
+        #: to see a mint refused.
+        self.main_scopes = "*"
         super().__init__(**kw)
 
     def default_timings(self) -> dict[str, float]:
@@ -102,6 +172,10 @@ class LinodeSim(SimServer):
             ("POST", P + "/linode/instances", self.create_instance),
             ("GET", P + "/linode/instances/" + ID, self.get_instance),
             ("DELETE", P + "/linode/instances/" + ID, self.delete_instance_route),
+            ("GET", P + "/profile/tokens", self.list_tokens),
+            ("POST", P + "/profile/tokens", self.create_token),
+            ("GET", P + r"/profile/tokens/(?P<token>\d+)", self.get_token),
+            ("DELETE", P + r"/profile/tokens/(?P<token>\d+)", self.revoke_token),
         ]
 
     # -- vendor shapes ---------------------------------------------------------------------
@@ -112,11 +186,48 @@ class LinodeSim(SimServer):
             err["field"] = str(extra["field"])
         return Reply(status, {"errors": [err]}, headers=dict(extra.get("headers", {})))
 
-    def is_authenticated(self, headers: dict[str, str]) -> bool:
+    @staticmethod
+    def _bearer(headers: dict[str, str]) -> str:
         auth = headers.get("authorization", "")
-        if not auth.startswith("Bearer ") or not auth[7:].strip():
+        return auth[7:].strip() if auth.startswith("Bearer ") else ""
+
+    def minted(self, value: str) -> PersonalAccessToken | None:
+        return next((t for t in self.tokens.values() if value and t.token == value), None)
+
+    def is_authenticated(self, headers: dict[str, str]) -> bool:
+        value = self._bearer(headers)
+        if not value:
             return False
-        return self.token is None or auth[7:].strip() == self.token
+        pat = self.minted(value)
+        if pat is not None:  # revoked or expired: 401, as the spec says of a revoked token
+            return pat.active(self.clock.now())
+        return self.token is None or value == self.token
+
+    def _granted(self, req: Request) -> frozenset[str]:
+        pat = self.minted(self._bearer(req.headers))
+        if pat is not None:
+            return pat.granted
+        return parse_scopes(self.main_scopes) or frozenset()
+
+    @staticmethod
+    def _scope_area(path: str) -> str | None:
+        """The OAuth scope area an endpoint needs (each operation's "OAuth scopes" in the spec)."""
+        rest = path[len(P) :]
+        if rest.startswith("/linode/"):
+            return "linodes"
+        if rest.startswith("/networking/firewalls"):
+            return "firewall"
+        if rest.startswith("/profile") or rest.startswith("/account"):
+            return "account"
+        return None
+
+    def authorize(self, req: Request) -> Reply | None:
+        if any(m == req.method and re.fullmatch(p, req.path) for m, p in self.public):
+            return None
+        area = self._scope_area(req.path)
+        if area is None or scopes_allow(self._granted(req), area, write=req.method != "GET"):
+            return None
+        return self.error(401, "unauthorized", SCOPE_REFUSED_REASON)
 
     def unauthorized(self) -> Reply:
         return self.error(401, "unauthorized", "Invalid Token")
@@ -445,6 +556,77 @@ class LinodeSim(SimServer):
     def get_instance(self, req: Request) -> Reply:
         rec = self._get_rec(req)
         return Reply(200, self._instance_json(rec)) if rec else self.not_found()
+
+    # -- personal access tokens ------------------------------------------------------------
+
+    def _token_json(self, t: PersonalAccessToken, *, full: bool) -> dict[str, Any]:
+        return {
+            "id": t.id,
+            "label": t.label,
+            "scopes": t.scopes,
+            # The full token only in the create answer; later only its first 16 characters.
+            "token": t.token if full else t.token[:16],
+            "created": iso(t.created, zulu=False),
+            "expiry": iso(t.expiry, zulu=False) if t.expiry is not None else None,
+        }
+
+    def _active_tokens(self) -> list[PersonalAccessToken]:
+        now = self.clock.now()
+        return [t for t in self.tokens.values() if t.active(now)]
+
+    def list_tokens(self, req: Request) -> Reply:
+        return self._page(req, [self._token_json(t, full=False) for t in self._active_tokens()])
+
+    def get_token(self, req: Request) -> Reply:
+        t = self.tokens.get(int(req.params["token"]))
+        if t is None or not t.active(self.clock.now()):
+            return self.not_found()
+        return Reply(200, self._token_json(t, full=False))
+
+    def create_token(self, req: Request) -> Reply:
+        body = _body(req)
+        acting = self._granted(req)
+        scopes_text = str(body.get("scopes") or "*")
+        requested = acting if scopes_text.strip() == "*" else parse_scopes(scopes_text)
+        if requested is None or not requested:
+            return self.error(400, "bad_request", "Invalid OAuth scopes", field="scopes")
+        if not all(scopes_allow(acting, *_area_level(scope)) for scope in requested):
+            # The spec: scopes "may not exceed the scopes of the acting token". guess: the status
+            # and wording of the refusal.
+            return self.error(400, "bad_request", "You may not grant scopes beyond your own", field="scopes")
+        expiry: float | None = None
+        if body.get("expiry") is not None:
+            try:
+                # The SDK sends naive UTC ("%Y-%m-%dT%H:%M:%S"), as the API writes its dates.
+                when = dt.datetime.fromisoformat(str(body["expiry"]).replace("Z", "+00:00"))
+            except ValueError:
+                return self.error(400, "bad_request", "expiry must be a datetime", field="expiry")
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.timezone.utc)
+            expiry = when.timestamp()
+            if expiry <= self.clock.now():  # guess: the real API's check and wording
+                return self.error(400, "bad_request", "expiry must be in the future", field="expiry")
+        label = str(body.get("label") or "")
+        if not 1 <= len(label) <= 100:
+            return self.error(400, "bad_request", "Length must be 1-100 characters", field="label")
+        t = PersonalAccessToken(
+            id=self._id("token"),
+            token=secrets.token_hex(32),  # Linode tokens are 64 hex characters
+            label=label,
+            scopes="*" if requested == ALL_SCOPES else " ".join(sorted(requested)),
+            granted=requested,
+            created=self.clock.now(),
+            expiry=expiry,
+        )
+        self.tokens[t.id] = t
+        return Reply(200, self._token_json(t, full=True))
+
+    def revoke_token(self, req: Request) -> Reply:
+        t = self.tokens.get(int(req.params["token"]))
+        if t is None or t.revoked:
+            return self.not_found()
+        t.revoked = True
+        return Reply(200, {})
 
     def delete_instance_route(self, req: Request) -> Reply:
         rec = self._get_rec(req)

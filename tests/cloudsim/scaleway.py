@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
+import random
 import re
+import string
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from . import catalogs
@@ -46,6 +50,42 @@ OUT_OF_STOCK_STATUS = 412
 IN_USE_STATUS = 412
 
 
+#: A credential without the permission a call needs. guess: status, type and message after
+#: scaleway-sdk-go's PermissionsDeniedError ({"type": "permissions_denied", "details": [...]}),
+#: whose text is "insufficient permissions"; the detail entries are the SDK's shape.
+PERMISSIONS_DENIED_STATUS = 403
+#: Permission sets the simulator knows (Scaleway's documented names), and the path prefixes and
+#: methods each grants. guess: the real sets are finer-grained; these are the ones maider needs.
+PERMISSION_SETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "InstancesFullAccess": ("/instance/", ("GET", "POST", "PUT", "PATCH", "DELETE")),
+    "InstancesReadOnly": ("/instance/", ("GET",)),
+    "BlockStorageFullAccess": ("/block/", ("GET", "POST", "PUT", "PATCH", "DELETE")),
+    "SSHKeysFullAccess": ("/iam/v1alpha1/ssh-keys", ("GET", "POST", "PUT", "PATCH", "DELETE")),
+    "IAMManager": ("/iam/", ("GET", "POST", "PUT", "PATCH", "DELETE")),
+}
+
+
+@dataclass
+class IamRule:
+    permission_set_names: list[str]
+    project_ids: list[str] = field(default_factory=list)  # empty: organization-wide
+    organization_id: str | None = None
+
+
+@dataclass
+class IamApiKey:
+    access_key: str
+    secret_key: str
+    application_id: str
+    description: str
+    default_project_id: str
+    created_at: float
+    expires_at: float | None
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+
 class ScalewaySim(SimServer):
     vendor: ClassVar[str] = "scaleway"
     api_prefix: ClassVar[str] = ""
@@ -68,6 +108,13 @@ class ScalewaySim(SimServer):
         self.rules: dict[str, list[dict[str, Any]]] = {}
         self.ssh_keys: list[dict[str, Any]] = []
         self.tasks: dict[str, dict[str, Any]] = {}
+        #: IAM: applications (id → JSON), policies (id → JSON plus "_rules"), minted API keys.
+        self.applications: dict[str, dict[str, Any]] = {}
+        self.policies: dict[str, dict[str, Any]] = {}
+        self.api_keys: dict[str, IamApiKey] = {}
+        #: Permission sets of the main key (None: all, like an organization owner's key); a test
+        #: narrows it to see a mint refused.
+        self.main_permissions: set[str] | None = None
         super().__init__(**kw)
 
     def default_timings(self) -> dict[str, float]:
@@ -115,6 +162,15 @@ class ScalewaySim(SimServer):
             ("POST", "/iam/v1alpha1/ssh-keys", self.create_key),
             ("GET", f"/iam/v1alpha1/ssh-keys/(?P<key>{U})", self.get_key),
             ("DELETE", f"/iam/v1alpha1/ssh-keys/(?P<key>{U})", self.delete_key),
+            ("POST", "/iam/v1alpha1/applications", self.create_application),
+            ("GET", f"/iam/v1alpha1/applications/(?P<app>{U})", self.get_application),
+            ("DELETE", f"/iam/v1alpha1/applications/(?P<app>{U})", self.delete_application),
+            ("POST", "/iam/v1alpha1/policies", self.create_policy),
+            ("GET", f"/iam/v1alpha1/policies/(?P<policy>{U})", self.get_policy),
+            ("DELETE", f"/iam/v1alpha1/policies/(?P<policy>{U})", self.delete_policy),
+            ("POST", "/iam/v1alpha1/api-keys", self.create_api_key),
+            ("GET", "/iam/v1alpha1/api-keys/(?P<access>SCW[A-Z0-9]{17})", self.get_api_key),
+            ("DELETE", "/iam/v1alpha1/api-keys/(?P<access>SCW[A-Z0-9]{17})", self.delete_api_key),
         ]
 
     # -- vendor shapes ---------------------------------------------------------------------
@@ -126,11 +182,57 @@ class ScalewaySim(SimServer):
                 body[k] = extra[k]
         return Reply(status, body, headers=dict(extra.get("headers", {})))
 
+    def minted_key(self, secret: str) -> IamApiKey | None:
+        return next((k for k in self.api_keys.values() if secret and k.secret_key == secret), None)
+
     def is_authenticated(self, headers: dict[str, str]) -> bool:
         token = headers.get("x-auth-token", "").strip()
         if not token:
             return False
+        key = self.minted_key(token)
+        if key is not None:  # an expired key is refused like an unknown one (guess)
+            return key.active(self.clock.now())
         return token == self.token if self.token is not None else True
+
+    def _rules_of(self, application_id: str) -> list[IamRule]:
+        return [
+            r
+            for p in self.policies.values()
+            if p.get("application_id") == application_id
+            for r in p["_rules"]
+        ]
+
+    def _request_project(self, req: Request) -> str | None:
+        """The project a call acts in, where the simulator can tell (a server's, or the body's)."""
+        if "id" in req.params and "zone" in req.params and req.path.startswith("/instance/"):
+            try:
+                return str(self.instance(req.params["id"]).attrs.get("project"))
+            except KeyError:
+                return None
+        body = _body(req)
+        return str(body.get("project") or body.get("project_id") or req.arg("project") or "") or None
+
+    def authorize(self, req: Request) -> Reply | None:
+        if any(m == req.method and re.fullmatch(p, req.path) for m, p in self.public):
+            return None
+        key = self.minted_key(req.headers.get("x-auth-token", "").strip())
+        if key is None:
+            if self.main_permissions is None:
+                return None
+            rules = [IamRule(sorted(self.main_permissions))]
+        else:
+            rules = self._rules_of(key.application_id)
+        project = self._request_project(req)
+        for rule in rules:
+            if rule.project_ids and project is not None and project not in rule.project_ids:
+                continue
+            for name in rule.permission_set_names:
+                prefix, methods = PERMISSION_SETS.get(name, ("", ()))
+                if prefix and req.path.startswith(prefix) and req.method in methods:
+                    return None
+        reply = self.error(PERMISSIONS_DENIED_STATUS, "permissions_denied", "insufficient permissions")
+        reply.body["details"] = [{"resource": req.path.split("/")[1], "action": req.method.lower()}]
+        return reply
 
     def unauthorized(self) -> Reply:
         # The real body also names the method and reason of the refusal.
@@ -842,6 +944,164 @@ class ScalewaySim(SimServer):
             return self.not_found("iam_ssh_key", req.params["key"])
         return Reply(204, None, content_type=None)
 
+    # -- IAM applications, policies and API keys (the watchdog's credential) ----------------
+
+    def _application_json(self, app: dict[str, Any]) -> dict[str, Any]:
+        n = sum(1 for k in self.api_keys.values() if k.application_id == app["id"])
+        return {**app, "nb_api_keys": n}
+
+    def create_application(self, req: Request) -> Reply:
+        body = _body(req)
+        if not str(body.get("name") or ""):
+            return self.validation_error({"name": ["required key not provided"]})
+        now = iso(self.clock.now(), micros=True)
+        app = {
+            "id": str(uuid.uuid4()),
+            "name": str(body["name"]),
+            "description": str(body.get("description") or ""),
+            "organization_id": str(body.get("organization_id") or DEFAULT_ORG),
+            "editable": True,
+            "deletable": True,
+            "managed": False,
+            "tags": list(body.get("tags") or []),
+            "created_at": now,
+            "updated_at": now,
+        }
+        self.applications[app["id"]] = app
+        return Reply(200, self._application_json(app))
+
+    def get_application(self, req: Request) -> Reply:
+        app = self.applications.get(req.params["app"])
+        return (
+            Reply(200, self._application_json(app))
+            if app
+            else self.not_found("application", req.params["app"])
+        )
+
+    def delete_application(self, req: Request) -> Reply:
+        app = self.applications.pop(req.params["app"], None)
+        if app is None:
+            return self.not_found("application", req.params["app"])
+        # The SDK: deleting an application "will automatically delete the application's API keys".
+        self.api_keys = {a: k for a, k in self.api_keys.items() if k.application_id != app["id"]}
+        return Reply(204, None, content_type=None)
+
+    def _policy_json(self, policy: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in policy.items() if not k.startswith("_")}
+        rules: list[IamRule] = policy["_rules"]
+        out["nb_rules"] = len(rules)
+        out["nb_scopes"] = sum(max(1, len(r.project_ids)) for r in rules)
+        out["nb_permission_sets"] = sum(len(r.permission_set_names) for r in rules)
+        return out
+
+    def create_policy(self, req: Request) -> Reply:
+        body = _body(req)
+        app_id = body.get("application_id")
+        if app_id is not None and app_id not in self.applications:
+            return self.not_found("application", str(app_id))
+        rules = []
+        for r in body.get("rules") or []:
+            unknown = [n for n in r.get("permission_set_names") or [] if n not in PERMISSION_SETS]
+            if unknown:
+                return self.validation_error(
+                    {"rules.permission_set_names": [f"unknown: {', '.join(unknown)}"]}
+                )
+            rules.append(
+                IamRule(
+                    list(r.get("permission_set_names") or []),
+                    list(r.get("project_ids") or []),
+                    r.get("organization_id"),
+                )
+            )
+        now = iso(self.clock.now(), micros=True)
+        policy = {
+            "id": str(uuid.uuid4()),
+            "name": str(body.get("name") or "policy"),
+            "description": str(body.get("description") or ""),
+            "organization_id": str(body.get("organization_id") or DEFAULT_ORG),
+            "editable": True,
+            "deletable": True,
+            "managed": False,
+            "tags": list(body.get("tags") or []),
+            "application_id": app_id,
+            "created_at": now,
+            "updated_at": now,
+            "_rules": rules,
+        }
+        self.policies[policy["id"]] = policy
+        return Reply(200, self._policy_json(policy))
+
+    def get_policy(self, req: Request) -> Reply:
+        policy = self.policies.get(req.params["policy"])
+        return (
+            Reply(200, self._policy_json(policy))
+            if policy
+            else self.not_found("policy", req.params["policy"])
+        )
+
+    def delete_policy(self, req: Request) -> Reply:
+        if self.policies.pop(req.params["policy"], None) is None:
+            return self.not_found("policy", req.params["policy"])
+        return Reply(204, None, content_type=None)
+
+    def _api_key_json(self, key: IamApiKey, *, with_secret: bool) -> dict[str, Any]:
+        return {
+            "access_key": key.access_key,
+            # The secret key is shown in the create answer only.
+            "secret_key": key.secret_key if with_secret else None,
+            "application_id": key.application_id,
+            "user_id": None,
+            "description": key.description,
+            "default_project_id": key.default_project_id,
+            "editable": True,
+            "deletable": True,
+            "managed": False,
+            "creation_ip": "127.0.0.1",
+            "created_at": iso(key.created_at, micros=True),
+            "updated_at": iso(key.created_at, micros=True),
+            "expires_at": iso(key.expires_at, micros=True) if key.expires_at is not None else None,
+        }
+
+    def create_api_key(self, req: Request) -> Reply:
+        body = _body(req)
+        app_id = str(body.get("application_id") or "")
+        if app_id not in self.applications:
+            # guess: API keys for users are out of scope here; an unknown application is a 404.
+            return self.not_found("application", app_id)
+        expires_at: float | None = None
+        if body.get("expires_at"):
+            try:
+                when = dt.datetime.fromisoformat(str(body["expires_at"]).replace("Z", "+00:00"))
+            except ValueError:
+                return self.validation_error({"expires_at": ["invalid date-time"]})
+            if when.tzinfo is None:
+                return self.validation_error({"expires_at": ["a time zone is required"]})
+            expires_at = when.timestamp()
+            if expires_at <= self.clock.now():
+                return self.validation_error({"expires_at": ["must be in the future"]})
+        key = IamApiKey(
+            access_key=_access_key(),
+            secret_key=str(uuid.uuid4()),
+            application_id=app_id,
+            description=str(body.get("description") or ""),
+            default_project_id=str(body.get("default_project_id") or ""),
+            created_at=self.clock.now(),
+            expires_at=expires_at,
+        )
+        self.api_keys[key.access_key] = key
+        return Reply(200, self._api_key_json(key, with_secret=True))
+
+    def get_api_key(self, req: Request) -> Reply:
+        key = self.api_keys.get(req.params["access"])
+        if key is None:
+            return self.not_found("api_key", req.params["access"])
+        return Reply(200, self._api_key_json(key, with_secret=False))
+
+    def delete_api_key(self, req: Request) -> Reply:
+        if self.api_keys.pop(req.params["access"], None) is None:
+            return self.not_found("api_key", req.params["access"])
+        return Reply(204, None, content_type=None)
+
     def create_key(self, req: Request) -> Reply:
         body = _body(req)
         public_key = str(body.get("public_key") or "").strip()
@@ -873,6 +1133,10 @@ class ScalewaySim(SimServer):
         }
         self.ssh_keys.append(key)
         return Reply(200, key)
+
+
+def _access_key() -> str:
+    return "SCW" + "".join(random.choices(string.ascii_uppercase + string.digits, k=17))
 
 
 def _zulu(ts: float) -> str:

@@ -425,6 +425,130 @@ CREATE_SSH_KEY = _obj(
 )
 EMPTY = {"anyOf": [{"type": "null"}, {"type": "object", "maxProperties": 0}]}  # the SDK's {} on GET/DELETE
 
+# IAM applications, policies and API keys: the watchdog's credential. Shapes from the SDK's
+# dataclasses and marshalling (scaleway/iam/v1alpha1/types.py, marshalling.py); the permission
+# set names are Scaleway's documented ones (e.g. InstancesFullAccess).
+ACCESS_KEY = {"type": "string", "pattern": "^SCW[A-Z0-9]{17}$"}
+CREATE_APPLICATION = _obj(
+    ["name", "description", "organization_id"],
+    {
+        "name": {"type": "string", "minLength": 1, "maxLength": 64},
+        "description": {"type": "string", "maxLength": 200},
+        "organization_id": UUID,
+        "tags": TAGS,
+    },
+    closed=True,
+)
+APPLICATION = _obj(
+    [
+        "id",
+        "name",
+        "description",
+        "organization_id",
+        "editable",
+        "deletable",
+        "managed",
+        "nb_api_keys",
+        "tags",
+    ],
+    {
+        "id": UUID,
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "organization_id": UUID,
+        "editable": {"type": "boolean"},
+        "deletable": {"type": "boolean"},
+        "managed": {"type": "boolean"},
+        "nb_api_keys": {"type": "integer"},
+        "tags": TAGS,
+        "created_at": NDATE,
+        "updated_at": NDATE,
+    },
+)
+RULE_SPECS = {
+    "type": "object",
+    "properties": {
+        "permission_set_names": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "project_ids": {"type": "array", "items": UUID, "minItems": 1},
+        "organization_id": UUID,
+        "condition": {"type": "string"},
+    },
+    "required": ["permission_set_names"],
+    "additionalProperties": False,
+    # One of: the rule is scoped to projects, or to the whole organization.
+    "oneOf": [{"required": ["project_ids"]}, {"required": ["organization_id"]}],
+}
+CREATE_POLICY = {
+    **_obj(
+        ["name", "description", "organization_id"],
+        {
+            "name": {"type": "string", "minLength": 1, "maxLength": 64},
+            "description": {"type": "string", "maxLength": 200},
+            "organization_id": UUID,
+            "rules": {"type": "array", "items": RULE_SPECS},
+            "tags": TAGS,
+            "user_id": UUID,
+            "group_id": UUID,
+            "application_id": UUID,
+            "no_principal": {"type": "boolean"},
+        },
+        closed=True,
+    ),
+    # One principal at most (the SDK's one-of).
+    "not": {
+        "anyOf": [{"required": ["application_id", "user_id"]}, {"required": ["application_id", "group_id"]}]
+    },
+}
+POLICY = _obj(
+    ["id", "name", "description", "organization_id", "editable", "deletable", "managed", "nb_rules",
+     "nb_scopes", "nb_permission_sets", "tags"],
+    {
+        "id": UUID,
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "organization_id": UUID,
+        "editable": {"type": "boolean"},
+        "deletable": {"type": "boolean"},
+        "managed": {"type": "boolean"},
+        "nb_rules": {"type": "integer"},
+        "nb_scopes": {"type": "integer"},
+        "nb_permission_sets": {"type": "integer"},
+        "tags": TAGS,
+        "application_id": NUUID,
+        "created_at": NDATE,
+        "updated_at": NDATE,
+    },
+)  # fmt: skip
+CREATE_API_KEY = _obj(
+    ["description"],
+    {
+        "application_id": UUID,
+        "user_id": UUID,
+        "description": {"type": "string", "maxLength": 200},
+        "expires_at": DATE,
+        "default_project_id": UUID,
+    },
+    closed=True,
+)
+API_KEY = _obj(
+    ["access_key", "description", "default_project_id", "editable", "deletable", "managed", "creation_ip"],
+    {
+        "access_key": ACCESS_KEY,
+        "secret_key": {"anyOf": [{"type": "null"}, UUID]},
+        "description": {"type": "string"},
+        "default_project_id": UUID,
+        "application_id": NUUID,
+        "user_id": NUUID,
+        "editable": {"type": "boolean"},
+        "deletable": {"type": "boolean"},
+        "managed": {"type": "boolean"},
+        "creation_ip": {"type": "string"},
+        "created_at": NDATE,
+        "updated_at": NDATE,
+        "expires_at": NDATE,
+    },
+)
+
 
 def _list_of(key: str, item: dict[str, Any], *, map_: bool = False, total: bool = False) -> dict[str, Any]:
     coll = {"type": "object", "additionalProperties": item} if map_ else {"type": "array", "items": item}
@@ -484,6 +608,15 @@ OPERATIONS: list[tuple[str, str, dict[str, Any] | None, dict[int, dict[str, Any]
     ("POST", "/iam/v1alpha1/ssh-keys", CREATE_SSH_KEY, {200: SSH_KEY}),
     ("GET", f"/iam/v1alpha1/ssh-keys/{U}", EMPTY, {200: SSH_KEY}),
     ("DELETE", f"/iam/v1alpha1/ssh-keys/{U}", EMPTY, {204: None}),
+    ("POST", "/iam/v1alpha1/applications", CREATE_APPLICATION, {200: APPLICATION}),
+    ("GET", f"/iam/v1alpha1/applications/{U}", EMPTY, {200: APPLICATION}),
+    ("DELETE", f"/iam/v1alpha1/applications/{U}", EMPTY, {204: None}),
+    ("POST", "/iam/v1alpha1/policies", CREATE_POLICY, {200: POLICY}),
+    ("GET", f"/iam/v1alpha1/policies/{U}", EMPTY, {200: POLICY}),
+    ("DELETE", f"/iam/v1alpha1/policies/{U}", EMPTY, {204: None}),
+    ("POST", "/iam/v1alpha1/api-keys", CREATE_API_KEY, {200: API_KEY}),
+    ("GET", "/iam/v1alpha1/api-keys/SCW[A-Z0-9]{17}", EMPTY, {200: API_KEY}),
+    ("DELETE", "/iam/v1alpha1/api-keys/SCW[A-Z0-9]{17}", EMPTY, {204: None}),
 ]
 
 

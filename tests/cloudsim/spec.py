@@ -136,6 +136,28 @@ def _linode_errata(spec: dict[str, Any]) -> None:
     devices = spec["paths"]["/{apiVersion}/networking/firewalls/{firewallId}/devices"]["post"]
     for member in devices["requestBody"]["content"]["application/json"]["schema"].get("allOf", []):
         member.pop("readOnly", None)
+    # Personal access tokens: "Tokens may be created with `null` as their expiry and will never
+    # expire" (the field's own description), yet the schema is a non-nullable string.
+    _nullable_property(
+        [
+            spec["paths"]["/{apiVersion}/profile/tokens"],
+            spec["paths"]["/{apiVersion}/profile/tokens/{tokenId}"],
+        ],
+        "expiry",
+    )
+
+
+def _nullable_property(node: Any, name: str) -> None:
+    """Mark every property ``name`` under ``node`` nullable (OAS 3.0)."""
+    if isinstance(node, list):
+        for item in node:
+            _nullable_property(item, name)
+    elif isinstance(node, dict):
+        props = node.get("properties")
+        if isinstance(props, dict) and isinstance(props.get(name), dict):
+            props[name]["nullable"] = True
+        for value in node.values():
+            _nullable_property(value, name)
 
 
 def _linode_datetime(value: Any) -> bool:
@@ -176,6 +198,12 @@ def _digitalocean_errata(name: str, doc: Any) -> Any:
         # The slug enum predates Atlanta; the real API lists atl1 (a GPU region, notes §4.2)
         # in images' and sizes' region lists.
         doc["enum"] = [*doc["enum"], "atl1"]
+    if name == "droplet.yml" and isinstance(doc, dict):
+        # `- off` in the droplet status enum is the boolean false to a YAML 1.1 loader; the API
+        # sends the string "off" for a powered-off droplet (the description says so).
+        status = (doc.get("properties") or {}).get("status")
+        if isinstance(status, dict) and False in status.get("enum", []):
+            status["enum"] = ["off" if v is False else v for v in status["enum"]]
     return doc
 
 

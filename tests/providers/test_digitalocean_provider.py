@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -88,9 +89,14 @@ def cloud(sim: DigitalOceanSim, cloudsim_clock: FakeClock) -> SimCloud:
     return SimCloud(sim, cloudsim_clock, OPERATIONS, [TOKEN, BAD_TOKEN])
 
 
+#: The user's custom-scoped token for the watchdog (droplet:read and droplet:delete only).
+WATCHDOG_TOKEN = "dop_v1_wa7chd0g0n1yde1e7e0000000000000000000000000000000000000000000"
+
+
 @pytest.fixture
 def provider(sim: DigitalOceanSim) -> DigitalOceanProvider:
-    return make_provider(sim)
+    sim.add_token(WATCHDOG_TOKEN, ["droplet:read", "droplet:delete"])
+    return make_provider(sim, watchdog_token=SecretStr(WATCHDOG_TOKEN))
 
 
 @pytest.fixture
@@ -610,3 +616,103 @@ def test_live_catalog_reads_sizes_and_regions(sim: DigitalOceanSim) -> None:
     assert (b200.gpu.name, b200.gpu.vram_gb, b200.gpu_count, b200.gpu.vendor) == ("B200", 180, 8, "NVIDIA")
     assert set(live.regions) == {"ams3", "atl1", "nyc2", "tor1"}
     assert live.regions["tor1"].country == "CA" and live.regions["tor1"].label == "Toronto 1"
+
+
+# --------------------------------------------------------------------------------------------
+# the watchdog's credential: the user's own custom-scoped token (DigitalOcean cannot mint one)
+# --------------------------------------------------------------------------------------------
+
+
+def _running_droplet(provider: DigitalOceanProvider, cloud: SimCloud) -> VMInstance:
+    vm = provider.create_instance(spec(uuid.uuid4().hex[:8]))
+    cloud.advance(120)
+    return provider.get_instance(vm.id)
+
+
+def test_self_destruct_uses_the_watchdog_token_and_deletes_the_droplet(
+    provider: DigitalOceanProvider, cloud: SimCloud
+) -> None:
+    from maider.testing import run_self_destruct
+
+    vm = _running_droplet(provider, cloud)
+    before = len(cloud.sim.log)
+    destruct = provider.self_destruct(vm, valid_for_s=3600, label="maider-watchdog")
+    assert len(cloud.sim.log) == before  # nothing minted, not even a request
+    assert destruct is not None and destruct.revoke_handle is None and destruct.expires_at is None
+    [call] = destruct.calls
+    assert (call.method, call.url) == ("DELETE", f"{cloud.sim.url}droplets/{vm.id}")
+    assert call.headers == {"Authorization": f"Bearer {WATCHDOG_TOKEN}"}
+    assert destruct.secrets == (WATCHDOG_TOKEN,) and WATCHDOG_TOKEN not in repr(destruct)
+    assert not any(WATCHDOG_TOKEN in text for text in cloud.request_texts())  # the laptop never sends it
+    assert run_self_destruct(destruct) == [204]
+    assert vm.id not in cloud.running_ids()
+    assert cloud.sim.instance(vm.id).deleted_at is not None
+    provider.revoke_self_destruct("anything")  # nothing to revoke: a no-op
+
+
+def test_watchdog_token_cannot_create_droplets_or_touch_anything_else(
+    provider: DigitalOceanProvider, cloud: SimCloud
+) -> None:
+    narrow = make_provider(cloud.sim, token=WATCHDOG_TOKEN)
+    with pytest.raises(AuthError) as info:
+        narrow.create_instance(spec(uuid.uuid4().hex[:8]))
+    assert info.value.status == 403 and WATCHDOG_TOKEN not in str(info.value)
+    with pytest.raises(AuthError):
+        narrow.ensure_firewall("maider-ssh", [CIDR], ("maider",))
+    with pytest.raises(AuthError):
+        narrow.ensure_ssh_key(TEST_PUBLIC_KEY, "maider")
+    assert cloud.sim.ledger.instances() == []
+    # The create itself, sent by hand with the narrow token: DigitalOcean's 403.
+    sdk = digitalocean.Droplet(
+        token=WATCHDOG_TOKEN, end_point=cloud.sim.url, name="x", region="tor1", size_slug=H100, image="x"
+    )
+    with pytest.raises(digitalocean.DataReadError, match="You do not have permission"):
+        sdk.create()
+    assert cloud.sim.log.find("POST", r"^/v2/droplets/?$")[-1].status == 403
+    # droplet:read is all it reads: the droplets of the account.
+    assert narrow.list_instances("maider") == []
+
+
+def test_expired_watchdog_token_is_refused(provider: DigitalOceanProvider, cloud: SimCloud) -> None:
+    from maider.testing import run_self_destruct
+
+    vm = _running_droplet(provider, cloud)
+    cloud.sim.scoped_tokens[WATCHDOG_TOKEN].expires_at = cloud.clock.now() + 60
+    destruct = provider.self_destruct(vm, valid_for_s=3600, label="maider-watchdog")
+    assert destruct is not None
+    cloud.advance(61)
+    assert run_self_destruct(destruct) == [401]
+    assert vm.id in cloud.running_ids()  # still billed: the laptop side must delete it
+    provider.delete_instance(vm.id)
+
+
+def test_no_watchdog_token_means_no_self_destruct(sim: DigitalOceanSim, cloud: SimCloud) -> None:
+    plain = make_provider(sim)
+    vm = plain.create_instance(spec(uuid.uuid4().hex[:8]))
+    assert plain.self_destruct(vm, valid_for_s=3600, label="maider-watchdog") is None
+    assert DigitalOceanProvider.poweroff_stops_billing is False
+
+
+def test_watchdog_token_equal_to_the_main_token_is_a_config_error(
+    sim: DigitalOceanSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maider.errors import ConfigError
+
+    monkeypatch.setenv("MAIDER_DIGITALOCEAN_TOKEN", TOKEN)
+    monkeypatch.setenv("MAIDER_DIGITALOCEAN_WATCHDOG_TOKEN", TOKEN)
+    with pytest.raises(ConfigError) as info:
+        DigitalOceanProvider.load_settings()
+    message = str(info.value)
+    assert "watchdog_token" in message and "droplet:delete" in message
+    assert TOKEN not in message and "\n" not in message
+    monkeypatch.setenv("MAIDER_DIGITALOCEAN_WATCHDOG_TOKEN", WATCHDOG_TOKEN)
+    loaded = DigitalOceanProvider.load_settings()
+    assert loaded.watchdog_token.get_secret_value() == WATCHDOG_TOKEN  # type: ignore[attr-defined]
+
+
+def test_watchdog_token_from_the_config_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[digitalocean]\ntoken = "{TOKEN}"\nwatchdog_token = "{WATCHDOG_TOKEN}"\n')
+    monkeypatch.setenv("MAIDER_CONFIG", str(config))
+    loaded = DigitalOceanProvider.load_settings()
+    assert loaded.watchdog_token.get_secret_value() == WATCHDOG_TOKEN  # type: ignore[attr-defined]

@@ -8,6 +8,8 @@ fault kind on every operation, the API URL override, timeouts, and the live cata
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -65,7 +67,9 @@ def make_provider(
     **overrides: Any,
 ) -> LinodeProvider:
     fields: dict[str, Any] = {"api_url": sim.url, "max_attempts": 4, "retry_max_seconds": 10, **overrides}
-    return LinodeProvider(settings_class(token=SecretStr(token) if token else None, **fields))
+    provider = LinodeProvider(settings_class(token=SecretStr(token) if token else None, **fields))
+    provider.wall_time = sim.clock.now  # type: ignore[method-assign]  # token expiries in the sim's time
+    return provider
 
 
 @pytest.fixture
@@ -622,3 +626,103 @@ def test_capacity_message_is_the_vendors(provider: LinodeProvider, cloud: SimClo
     with pytest.raises(CapacityError) as info:
         provider.create_instance(spec())
     assert NO_CAPACITY_REASON.split(".")[0] in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# the watchdog's credential (self_destruct): a minted, scoped, expiring personal access token
+# --------------------------------------------------------------------------------------------
+
+
+def _running(provider: LinodeProvider, cloud: SimCloud) -> Any:
+    vm = provider.create_instance(spec())
+    cloud.advance(120)
+    return provider.get_instance(vm.id)
+
+
+def test_self_destruct_mints_a_linodes_only_token_that_expires(
+    provider: LinodeProvider, cloud: SimCloud
+) -> None:
+    from maider.testing import run_self_destruct
+
+    vm = _running(provider, cloud)
+    destruct = provider.self_destruct(vm, valid_for_s=7200, label="maider-watchdog-abc")
+    sent = cloud.sim.log.find("POST", "/v4/profile/tokens")[-1].body
+    assert sent["scopes"] == "linodes:read_write" and sent["label"] == "maider-watchdog-abc"
+    expected_expiry = dt.datetime.fromtimestamp(int(cloud.clock.now() + 7200), tz=dt.timezone.utc)
+    assert sent["expiry"] == expected_expiry.strftime("%Y-%m-%dT%H:%M:%S")
+    assert destruct.expires_at == expected_expiry
+    [call] = destruct.calls
+    assert (call.method, call.url) == ("DELETE", f"{cloud.sim.url}/linode/instances/{vm.id}")
+    [minted] = cloud.sim.tokens.values()
+    assert call.headers == {"Authorization": f"Bearer {minted.token}"} and destruct.secrets == (minted.token,)
+    assert destruct.revoke_handle == str(minted.id)
+    assert "every other Linode" in destruct.credential and minted.token not in destruct.credential
+    assert TOKEN not in json.dumps(call.to_dict())
+
+    # The VM, with only this token, deletes itself: billing stops.
+    assert run_self_destruct(destruct) == [200]
+    assert cloud.sim.instance(vm.id).deleted_at is not None and vm.id not in cloud.running_ids()
+    provider.delete_instance(vm.id)  # `down` afterwards: nothing left, no error
+    provider.revoke_self_destruct(destruct.revoke_handle or "")
+    assert cloud.sim.log.count("DELETE", f"/v4/profile/tokens/{minted.id}") == 1
+    provider.revoke_self_destruct(destruct.revoke_handle or "")  # a 404: already revoked
+    assert minted.revoked
+
+
+def test_self_destruct_token_can_do_nothing_beyond_linodes(provider: LinodeProvider, cloud: SimCloud) -> None:
+    vm = _running(provider, cloud)
+    destruct = provider.self_destruct(vm, valid_for_s=3600, label="maider-watchdog-scope")
+    narrow = linode_api4.LinodeClient(destruct.secrets[0], base_url=cloud.sim.url, retry=False)
+    for attempt in (
+        lambda: narrow.profile.token_create(label="escalate", scopes="*"),
+        lambda: narrow.profile.token_create(label="same", scopes="linodes:read_write"),
+        lambda: list(narrow.profile.ssh_keys()),
+        lambda: list(narrow.networking.firewalls()),
+        lambda: narrow.profile(),
+    ):
+        with pytest.raises(linode_api4.ApiError) as info:
+            attempt()
+        assert info.value.status == 401
+        assert "not authorized to use this endpoint" in str(info.value)
+    assert len(cloud.sim.tokens) == 1  # nothing minted by the narrow token
+    # What the scope does allow, and the docs say so: every Linode of the account.
+    assert [i.id for i in narrow.linode.instances()] == [int(vm.id)]
+
+
+def test_self_destruct_refused_when_the_token_may_not_mint(provider: LinodeProvider, cloud: SimCloud) -> None:
+    from maider.provider import SelfDestructUnavailable
+
+    vm = _running(provider, cloud)
+    cloud.sim.main_scopes = "linodes:read_write firewall:read_write"  # no account scope
+    with pytest.raises(SelfDestructUnavailable) as info:
+        provider.self_destruct(vm, valid_for_s=3600, label="maider-watchdog-x")
+    message = str(info.value)
+    assert "Account read/write" in message and "\n" not in message and TOKEN not in message
+    assert cloud.sim.tokens == {}
+
+
+def test_self_destruct_lost_answer_revokes_the_unreadable_token(
+    provider: LinodeProvider, cloud: SimCloud
+) -> None:
+    vm = _running(provider, cloud)
+    cloud.sim.faults.add(method="POST", path="/v4/profile/tokens", kind="lost_response")
+    destruct = provider.self_destruct(vm, valid_for_s=3600, label="maider-watchdog-lost")
+    lost, kept = sorted(cloud.sim.tokens.values(), key=lambda t: t.id)
+    assert lost.revoked and not kept.revoked  # the token whose secret never arrived is revoked
+    assert destruct.secrets == (kept.token,)
+
+
+def test_self_destruct_secrets_stay_out_of_errors(provider: LinodeProvider, cloud: SimCloud) -> None:
+    vm = _running(provider, cloud)
+    destruct = provider.self_destruct(vm, valid_for_s=3600, label="maider-watchdog-err")
+    minted = destruct.secrets[0]
+    assert minted not in repr(destruct) and minted not in str(destruct)
+    cloud.sim.faults.add(method="DELETE", path="/v4/profile/tokens/*", kind="500", times=10)
+    with pytest.raises(ProviderError) as info:
+        provider.revoke_self_destruct(destruct.revoke_handle or "")
+    assert minted not in str(info.value) and TOKEN not in str(info.value)
+    assert not any(minted in text for text in cloud.request_texts())
+
+
+def test_linode_poweroff_does_not_stop_billing() -> None:
+    assert LinodeProvider.poweroff_stops_billing is False

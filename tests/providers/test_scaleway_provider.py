@@ -45,6 +45,7 @@ from maider_scaleway.settings import ScalewaySettings  # noqa: E402
 from tests.cloudsim import FakeClock, NetGuard, ScalewaySim  # noqa: E402
 from tests.cloudsim.catalogs import ScwType  # noqa: E402
 from tests.cloudsim.ledger import SBS_5K_EUR_PER_GB_HOUR, VolumeRecord  # noqa: E402
+from tests.cloudsim.scaleway import DEFAULT_ORG  # noqa: E402
 from tests.cloudsim.testing import SCW_PROJECT_ID  # noqa: E402
 
 # The simulator's fixture secret equals its project id, which rightly appears in queries: these
@@ -135,6 +136,7 @@ def make_provider(
     # A delete waits for its server to be gone: in simulated time, on the simulator's clock.
     provider.sleep = sim.clock.sleep  # type: ignore[attr-defined]
     provider.clock = sim.clock.now
+    provider.wall_time = sim.clock.now  # type: ignore[method-assign]  # API key expiries in the sim's time
     return provider
 
 
@@ -1148,3 +1150,123 @@ def test_catalog_faults_are_retried(
     cloud.fail("catalog", "server_error", times=100)
     with pytest.raises(TransientError):
         provider.fetch_catalog()
+
+
+# --------------------------------------------------------------------------------------------
+# the watchdog's credential: an IAM application + policy + expiring API key, minted per session
+# --------------------------------------------------------------------------------------------
+
+
+def _running_server(provider: ScalewayProvider, cloud: ScalewayCloud) -> Any:
+    vm = provider.create_instance(spec())
+    cloud.advance(120)
+    return provider.get_instance(vm.id)
+
+
+def test_self_destruct_mints_a_project_scoped_expiring_key(
+    provider: ScalewayProvider, cloud: ScalewayCloud
+) -> None:
+    from maider.testing import run_self_destruct
+
+    sim = cloud.sim
+    vm = _running_server(provider, cloud)
+    destruct = provider.self_destruct(vm, valid_for_s=7200, label="maider-watchdog-s1")
+    [app_body] = [e.body for e in sim.log.find("POST", "/iam/v1alpha1/applications")]
+    [policy_body] = [e.body for e in sim.log.find("POST", "/iam/v1alpha1/policies")]
+    [key_body] = [e.body for e in sim.log.find("POST", "/iam/v1alpha1/api-keys")]
+    [app] = sim.applications.values()
+    assert app_body["name"] == "maider-watchdog-s1"
+    assert policy_body["application_id"] == app["id"]
+    assert policy_body["rules"] == [
+        {"permission_set_names": ["InstancesFullAccess"], "project_ids": [SCW_PROJECT_ID]}
+    ]
+    expected = dt.datetime.fromtimestamp(int(cloud.clock.now() + 7200), tz=dt.timezone.utc)
+    assert dt.datetime.fromisoformat(key_body["expires_at"]) == expected == destruct.expires_at
+    assert key_body["application_id"] == app["id"] and key_body["default_project_id"] == SCW_PROJECT_ID
+    [key] = sim.api_keys.values()
+    [policy] = sim.policies.values()
+    assert destruct.revoke_handle == f"{app['id']}/{policy['id']}/{key.access_key}"
+    [call] = destruct.calls
+    assert (call.method, call.json_body) == ("POST", {"action": "terminate"})
+    assert call.url == f"{sim.url}/instance/v1/zones/{ZONE}/servers/{uuid_of(vm.id)}/action"
+    assert call.headers["X-Auth-Token"] == key.secret_key and destruct.secrets == (key.secret_key,)
+    assert key.secret_key not in repr(destruct) and SECRET not in str(call.to_dict())
+    # The minted secret only ever travelled in the create answer, never in a request.
+    assert not any(key.secret_key in text for text in cloud.request_texts())
+
+    # The VM terminates itself: the server is gone and its compute billing stops ...
+    assert run_self_destruct(destruct) == [202]
+    cloud.advance(60)
+    assert alive(sim) == []
+    # ... but its Block Storage root volume is only detached, still billed, until the laptop
+    # side's delete_instance (maider down / cleanup) finds it by its tag and deletes it.
+    [volume] = sim.ledger.leaked_volumes()
+    assert volume.deleted_at is None
+    provider.delete_instance(vm.id)
+    assert sim.ledger.leaked_volumes() == []
+
+    provider.revoke_self_destruct(destruct.revoke_handle or "")
+    assert sim.api_keys == {} and sim.policies == {} and sim.applications == {}
+    provider.revoke_self_destruct(destruct.revoke_handle or "")  # every part 404s: fine
+
+
+def test_minted_key_reaches_only_instances_of_its_project(
+    provider: ScalewayProvider, cloud: ScalewayCloud
+) -> None:
+    sim = cloud.sim
+    vm = _running_server(provider, cloud)
+    destruct = provider.self_destruct(vm, valid_for_s=3600, label="maider-watchdog-s2")
+    narrow = make_provider(sim, secret=destruct.secrets[0])
+    assert narrow.get_instance(vm.id).id == vm.id  # its project's servers: yes
+    # No IAM: it cannot mint keys (nor read SSH keys), and no Block Storage.
+    iam = narrow._iam_api()
+    with pytest.raises(AuthError) as info:
+        narrow._attempt(
+            lambda: iam.create_application(name="x", description="x", organization_id=DEFAULT_ORG)
+        )
+    assert info.value.status == 403 and destruct.secrets[0] not in str(info.value)
+    with pytest.raises(AuthError):
+        narrow.ensure_ssh_key(TEST_PUBLIC_KEY, "x")
+    block = narrow._block_api()
+    with pytest.raises(AuthError):
+        narrow._attempt(lambda: block.list_volumes(zone=ZONE))
+    assert sim.log.find(None, "/iam/v1alpha1/applications")[-1].response["type"] == "permissions_denied"
+    # Another project's server: refused.
+    other = str(uuid.uuid4())
+    sim.instance(uuid_of(vm.id)).attrs["project"] = other
+    with pytest.raises(AuthError):
+        narrow.get_instance(vm.id)
+    sim.instance(uuid_of(vm.id)).attrs["project"] = SCW_PROJECT_ID
+    provider.delete_instance(vm.id)
+    provider.revoke_self_destruct(destruct.revoke_handle or "")
+
+
+def test_self_destruct_refused_without_iam_permissions(
+    provider: ScalewayProvider, cloud: ScalewayCloud
+) -> None:
+    from maider.provider import SelfDestructUnavailable
+
+    vm = _running_server(provider, cloud)
+    cloud.sim.main_permissions = {"InstancesFullAccess", "BlockStorageFullAccess", "SSHKeysFullAccess"}
+    with pytest.raises(SelfDestructUnavailable) as info:
+        provider.self_destruct(vm, valid_for_s=3600, label="maider-watchdog-s3")
+    message = str(info.value)
+    assert "IAMManager" in message and "\n" not in message and SECRET not in message
+    assert cloud.sim.applications == {}
+    provider.delete_instance(vm.id)
+
+
+def test_self_destruct_failing_midway_leaves_nothing(
+    provider: ScalewayProvider, cloud: ScalewayCloud
+) -> None:
+    vm = _running_server(provider, cloud)
+    cloud.sim.faults.add(method="POST", path="/iam/v1alpha1/api-keys", kind="500")
+    with pytest.raises(ProviderError):
+        provider.self_destruct(vm, valid_for_s=3600, label="maider-watchdog-s4")
+    assert cloud.sim.log.count("POST", "/iam/v1alpha1/api-keys") == 1  # never sent twice
+    assert cloud.sim.applications == {} and cloud.sim.policies == {} and cloud.sim.api_keys == {}
+    provider.delete_instance(vm.id)
+
+
+def test_scaleway_internal_poweroff_is_still_billed() -> None:
+    assert ScalewayProvider.poweroff_stops_billing is False
