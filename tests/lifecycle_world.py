@@ -281,7 +281,8 @@ exec {SSH_REAL} "$@"
                 problems.append(f"record {r['id']} names {r['instance_id']}, which never existed")
                 continue
             # A "deleting" record says the deletion was requested but not confirmed: its VM may be gone.
-            if not rec.alive and r["status"] != "deleting":
+            # A "deleted" record is kept on purpose: a watchdog deleted its VM (it says why).
+            if not rec.alive and r["status"] not in ("deleting", "deleted"):
                 problems.append(
                     f"record {r['id']} ({r['status']}) points at {r['instance_id']}, which is gone"
                 )
@@ -293,6 +294,14 @@ exec {SSH_REAL} "$@"
     # -- teardown --------------------------------------------------------------------------
 
     def close(self) -> None:
+        from maider.session.laptop_watchdog import start_token
+
+        # Stop the laptop watchdogs `up` started (detached on purpose): they would outlive the test.
+        for record in self.records() if "MAIDER_STATE_DIR" in os.environ else []:
+            pid = record.get("laptop_watchdog_pid")
+            if isinstance(pid, int) and start_token(pid) == record.get("laptop_watchdog_started"):
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
         # Close any ssh master/tunnel left behind by a failing test: they would outlive it.
         for sock in (self.runtime / "ssh").glob("*") if (self.runtime / "ssh").is_dir() else []:
             with contextlib.suppress(Exception):

@@ -51,7 +51,9 @@ REQUEST_TIMEOUT = 0.3  # seconds; a "timeout" fault answers after TIMEOUT_DELAY
 TIMEOUT_DELAY = 0.45
 
 _ID_SEGMENT = re.compile(
-    r"^(\d+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$", re.IGNORECASE
+    # ... and Scaleway IAM access keys (SCW + 17), which the watchdog's credential is revoked by.
+    r"^(\d+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|SCW[A-Z0-9]{17})$",
+    re.IGNORECASE,
 )
 
 

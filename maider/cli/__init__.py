@@ -14,9 +14,22 @@ from typer.core import TyperGroup
 
 from maider import __version__
 
+#: The order of `maider --help`: plan, run, operate, then housekeeping.
+COMMAND_ORDER = (
+    "providers", "list-types", "recommend", "validate", "wizard",
+    "up", "down", "list", "status", "use", "tunnel", "env",
+    "switch-model", "check", "validate-perf", "benchmark", "watch", "extend",
+    "cleanup",
+)  # fmt: skip
+
 
 class _MaiderGroup(TyperGroup):
     """Turns errors the user can fix into one line on stderr and a non-zero exit (no traceback)."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda name: (rank.get(name, len(rank)), name))
 
     def invoke(self, ctx: Any) -> Any:
         from maider.errors import MaiderError
@@ -76,9 +89,10 @@ def _root(
         os.environ["MAIDER_CONFIG"] = str(config)
 
 
-from maider.cli import planning, session, up  # noqa: E402  (registers commands on `app`)
+# Importing the command modules registers their commands on `app`.
+from maider.cli import ops, planning, session, switch, up, watchdog  # noqa: E402
 
-_ = (planning, session, up)
+_ = (ops, planning, session, switch, up, watchdog)
 
 
 def main() -> None:

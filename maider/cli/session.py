@@ -14,6 +14,7 @@ from maider.cli import options as opt
 
 if TYPE_CHECKING:  # pragma: no cover
     from maider.session.lifecycle import Orphan, SessionView
+    from maider.session.state import SessionStore
 
 SessionName = Annotated[
     Optional[str],  # noqa: UP045
@@ -65,6 +66,14 @@ def down(name: SessionName = None, yes: Yes = False) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    elif r.end_reason:
+        con.print(
+            f"session {r.label} was already over ({r.end_reason}; cost ≈ "
+            f"{lifecycle.format_money(result.cost, result.currency)}); record removed",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     else:
         con.print(
             f"session {r.label} had no VM (its create never went through); record removed",
@@ -88,7 +97,7 @@ def list_(as_json: opt.Json = False) -> None:
         print(
             json.dumps(
                 {
-                    "sessions": [v.to_json(store) for v in overview.sessions],
+                    "sessions": [_view_json(v, store, live=False) for v in overview.sessions],
                     "orphans": [o.to_json() for o in overview.orphans],
                     "errors": overview.failed,
                     "unreadable": overview.unreadable,
@@ -106,7 +115,17 @@ def list_(as_json: opt.Json = False) -> None:
         con.print("no sessions: start one with `maider up`", markup=False)
         return
     if overview.sessions:
-        con.print(_sessions_table(overview.sessions, store.current()))
+        con.print(_sessions_table(overview.sessions, store.current(), store))
+        for view in overview.sessions:
+            r = view.record
+            if r.end_reason:  # a watchdog deleted it: say so under the table (`cleanup` forgets it)
+                cost = lifecycle.format_money(r.final_cost, view.currency)
+                con.print(
+                    f"{r.label}: {r.end_reason} (cost ≈ {cost})",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
     if overview.orphans:
         con.print(_orphans_table(overview.orphans))
         con.print(
@@ -115,9 +134,21 @@ def list_(as_json: opt.Json = False) -> None:
         )
 
 
-def _sessions_table(views: list[SessionView], current: str | None) -> Any:
+def _view_json(view: SessionView, store: SessionStore, *, live: bool) -> dict[str, Any]:
+    from maider.session import laptop_watchdog as lw
+
+    r = view.record
+    data = view.to_json(store)
+    data["watchdog"] = lw.view_json(lw.describe(store, r, live=live), r)
+    data["ended_at"] = r.ended_at.isoformat(timespec="seconds") if r.ended_at else None
+    data["end_reason"] = r.end_reason
+    return data
+
+
+def _sessions_table(views: list[SessionView], current: str | None, store: SessionStore) -> Any:
     from rich.table import Table
 
+    from maider.session import laptop_watchdog as lw
     from maider.session.lifecycle import format_duration, format_money
 
     table = Table(title="sessions", title_justify="left")
@@ -133,6 +164,8 @@ def _sessions_table(views: list[SessionView], current: str | None) -> Any:
         "runtime",
         "cost",
         "tunnel",
+        "last activity",
+        "watchdog",
     ):
         table.add_column(column)
     for view in views:
@@ -141,6 +174,8 @@ def _sessions_table(views: list[SessionView], current: str | None) -> Any:
         from maider.session.lifecycle import tunnel_alive
 
         tunnel = f"{ports}{'' if tunnel_alive(r) or not r.api_port else ' (down)'}"
+        # Local state only (the last known one): `list` makes no SSH connection per session.
+        watch = lw.describe(store, r, live=False)
         table.add_row(
             "*" if r.id == current else "",
             f"{r.name} ({r.id})" if r.name else r.id,
@@ -153,6 +188,8 @@ def _sessions_table(views: list[SessionView], current: str | None) -> Any:
             format_duration(view.runtime_seconds) if view.runtime_seconds is not None else "-",
             format_money(view.cost, view.currency) if view.cost is not None else "-",
             tunnel,
+            lw.ago(watch.last_activity_at) if watch else "-",
+            lw.acts_text(watch),
         )
     return table
 
@@ -183,7 +220,7 @@ def status(name: SessionName = None, as_json: opt.Json = False) -> None:
     store = SessionStore()
     view = lifecycle.status(name, store=store)
     if as_json:
-        print(json.dumps(view.to_json(store), indent=2))
+        print(json.dumps(_view_json(view, store, live=True), indent=2))
         return
     if view.problem:
         warn(f"could not ask {view.record.provider} about the VM: {view.problem}")
@@ -191,6 +228,11 @@ def status(name: SessionName = None, as_json: opt.Json = False) -> None:
     rows = [
         ("session", f"{r.name} ({r.id})" if r.name else r.id),
         ("status", r.status.value + (f" — {r.last_error}" if r.last_error else "")),
+        *(
+            [("ended", f"{r.ended_at.isoformat(timespec='seconds')}: {r.end_reason}")]
+            if r.end_reason and r.ended_at
+            else []
+        ),
         ("VM", f"{r.instance_id or '-'} ({view.vm_state})"),
         ("where", f"{r.provider} {r.type_id} in {r.region}"),
         ("IP", r.ip or "-"),
@@ -200,7 +242,7 @@ def status(name: SessionName = None, as_json: opt.Json = False) -> None:
     if view.runtime_seconds is not None:
         rows.append(
             (
-                "cost so far",
+                "cost" if r.ended_at else "cost so far",
                 f"{lifecycle.format_money(view.cost, view.currency)} "
                 f"({lifecycle.format_duration(view.runtime_seconds)})",
             )
@@ -213,9 +255,29 @@ def status(name: SessionName = None, as_json: opt.Json = False) -> None:
         )
     if r.phases:
         rows.append(("phases", ", ".join(f"{k} {v:.1f} s" for k, v in r.phases.items())))
+    rows.extend(_watchdog_rows(store, r))
     con = console()
     for key, value in rows:
         con.print(f"{key:12} {value}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _watchdog_rows(store: SessionStore, record: Any) -> list[tuple[str, str]]:
+    """The watchdog lines of `status`: read live from the VM (over SSH) and the laptop side."""
+    from maider.session import laptop_watchdog as lw
+
+    watch = lw.describe(store, record, live=True)
+    if watch is None:
+        return []
+    if not watch.enabled:
+        return [("watchdog", "watchdog off")]
+    laptop = "laptop side running" if lw.is_running(record) else "laptop side not running"
+    rows = [
+        ("activity", f"last inference request {lw.ago(watch.last_activity_at)}"),
+        ("watchdog", f"{lw.acts_text(watch)}; {laptop} (state from the {watch.source})"),
+    ]
+    if watch.extended_until is not None:
+        rows.append(("extended", f"until {watch.extended_until.astimezone().strftime('%H:%M')}"))
+    return rows
 
 
 @app.command()

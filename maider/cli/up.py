@@ -159,6 +159,10 @@ def _print_ready(result: UpResult) -> None:
         '  aider       eval "$(maider env)" && aider   (or: maider up --launch-aider)',
         f"  stop        maider down {label}   (the VM bills until then)",
     ]
+    from maider.session import watchdog
+
+    for number, text in enumerate(watchdog.describe(record)):
+        lines.append(("  watchdog    " if number == 0 else " " * 14) + text)
     for line in lines:
         con.print(line, markup=False, highlight=False, soft_wrap=True)
 

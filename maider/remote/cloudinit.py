@@ -17,9 +17,14 @@ What the previous generation did and this one does not (shared notes, prior-art 
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from maider.errors import ConfigError
 from maider.remote.commands import (
@@ -29,10 +34,16 @@ from maider.remote.commands import (
     SECRETS_PATH,
     UNIT_NAME,
     UNIT_PATH,
+    WATCHDOG_CONFIG_PATH,
+    WATCHDOG_DIR,
+    WATCHDOG_PROGRAM,
+    WATCHDOG_UNIT_NAME,
+    WATCHDOG_UNIT_PATH,
 )
 from maider.remote.compose import check_pinned_image, dump_yaml
 
-#: Linode: "Unencoded data must not exceed 65535 bytes"; DigitalOcean: "may not exceed 64 KiB".
+#: Linode: "Unencoded data must not exceed 65535 bytes" (possibly measured after base64, which
+#: the API carries it in: both are checked); DigitalOcean: "may not exceed 64 KiB".
 MAX_USER_DATA_BYTES = 65535
 
 #: The NVIDIA driver branch installed on plain Ubuntu (Linode). R580 is NVIDIA's current long-term
@@ -102,6 +113,86 @@ TimeoutStartSec=30min
 [Install]
 WantedBy=multi-user.target
 """
+
+
+# --------------------------------------------------------------------------------------------
+# The idle watchdog
+# --------------------------------------------------------------------------------------------
+
+
+def render_watchdog_unit() -> str:
+    """/etc/systemd/system/maider-watchdog.service: the on-VM idle watchdog, always running.
+
+    Started by cloud-init before the host is prepared, so the lifetime limit holds even when
+    the preparation or the laptop fails; ``Restart=always`` brings it back after a crash (its
+    state file keeps the lifetime's start).
+    """
+    return f"""\
+[Unit]
+Description=maider idle watchdog: deletes (or powers off) this VM when idle or too old
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart=/usr/bin/python3 {WATCHDOG_PROGRAM} run
+Restart=always
+RestartSec=5
+# The GPU stack may exhaust memory; the watchdog must survive it.
+OOMScoreAdjust=-900
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def watchdog_sources() -> dict[str, str]:
+    """The program and the two maider modules it needs, by their file name on the VM."""
+    from maider.ops import metrics, watchdog_policy
+    from maider.remote import vm_watchdog
+
+    return {
+        "maider_watchdog.py": Path(vm_watchdog.__file__).read_text(encoding="utf-8"),
+        "metrics.py": Path(metrics.__file__).read_text(encoding="utf-8"),
+        "watchdog_policy.py": Path(watchdog_policy.__file__).read_text(encoding="utf-8"),
+    }
+
+
+def _gz_b64(text: str) -> str:
+    # mtime=0: the same source gives the same user-data (stable for tests and caches).
+    return base64.b64encode(gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0)).decode("ascii")
+
+
+def watchdog_files(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``write_files`` entries: the program (gzip+base64: user-data is limited to ~64 KiB), its
+    non-secret config, and the unit."""
+    files: list[dict[str, Any]] = [
+        {
+            "path": f"{WATCHDOG_DIR}/{name}",
+            "permissions": "0755" if name == "maider_watchdog.py" else "0644",
+            "owner": "root:root",
+            "encoding": "gz+b64",
+            "content": _gz_b64(source),
+        }
+        for name, source in watchdog_sources().items()
+    ]
+    files.append(
+        {
+            "path": WATCHDOG_CONFIG_PATH,
+            "permissions": "0644",
+            "owner": "root:root",
+            "content": json.dumps(dict(config), indent=2, sort_keys=True) + "\n",
+        }
+    )
+    files.append(
+        {
+            "path": WATCHDOG_UNIT_PATH,
+            "permissions": "0644",
+            "owner": "root:root",
+            "content": render_watchdog_unit(),
+        }
+    )
+    return files
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,6 +343,7 @@ def render_user_data(
     openwebui_image: str | None,
     extra_packages: Sequence[str] = (),
     secrets: Iterable[str | None] = (),
+    watchdog_config: Mapping[str, Any] | None = None,
 ) -> str:
     """The ``#cloud-config`` document for a maider VM.
 
@@ -259,6 +351,8 @@ def render_user_data(
     the NVIDIA driver, Docker CE and the NVIDIA container toolkit are installed. False on GPU
     images (DigitalOcean AI/ML-ready, Scaleway GPU OS), where only Docker's compose plugin is
     checked. ``secrets``, if given, are checked with :func:`assert_no_secrets`.
+    ``watchdog_config``: the idle watchdog's non-secret config (see
+    :func:`maider.session.watchdog.vm_config`); None installs no watchdog at all.
 
     Raises :class:`UserDataTooLarge` above :data:`MAX_USER_DATA_BYTES`.
     """
@@ -306,6 +400,12 @@ def render_user_data(
             # runcmd becomes one /bin/sh script: without this, a failed step is ignored and
             # cloud-init reports "done" for a host that is not ready.
             "set -e",
+            # The watchdog first: the lifetime limit must hold even if the preparation fails.
+            *(
+                [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", WATCHDOG_UNIT_NAME]]
+                if watchdog_config is not None
+                else []
+            ),
             ["bash", PREPARE_SCRIPT_PATH],
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", UNIT_NAME],
@@ -316,15 +416,26 @@ def render_user_data(
             pull_command(images),
         ],
     }
+    if watchdog_config is not None:
+        files = doc["write_files"]
+        assert isinstance(files, list)
+        files.extend(watchdog_files(watchdog_config))
     text = (
         "#cloud-config\n"
         "# Written by maider. No secrets here: maider writes them over SSH after boot.\n" + dump_yaml(doc)
     )
     size = len(text.encode("utf-8"))
-    if size > MAX_USER_DATA_BYTES:
+    # Linode's limit may apply to the base64 it travels in (the stricter reading is kept).
+    encoded = len(base64.b64encode(text.encode("utf-8")))
+    if size > MAX_USER_DATA_BYTES or encoded > MAX_USER_DATA_BYTES:
+        what = (
+            f"{size} bytes"
+            if size > MAX_USER_DATA_BYTES
+            else f"{encoded} bytes in base64 (as Linode gets it)"
+        )
         raise UserDataTooLarge(
-            f"the VM's user-data is {size} bytes, over the {MAX_USER_DATA_BYTES} bytes Linode and "
-            "DigitalOcean accept: shorten vllm_extra_args or the list of extra packages"
+            f"the VM's user-data is {what}, over the {MAX_USER_DATA_BYTES} bytes Linode and DigitalOcean "
+            "accept: shorten vllm_extra_args or the list of extra packages"
         )
     assert_no_secrets(text, secrets)
     return text

@@ -37,6 +37,19 @@ OPENWEBUI_REMOTE_PORT = 3000
 
 _COMPOSE = f"docker compose -f {COMPOSE_PATH}"
 
+#: The idle watchdog (maider/remote/vm_watchdog.py, installed by the user-data; the same paths
+#: are constants there, where maider cannot be imported).
+WATCHDOG_DIR = f"{REMOTE_DIR}/watchdog"
+WATCHDOG_PROGRAM = f"{WATCHDOG_DIR}/maider_watchdog.py"
+WATCHDOG_UNIT_NAME = "maider-watchdog.service"
+WATCHDOG_UNIT_PATH = f"/etc/systemd/system/{WATCHDOG_UNIT_NAME}"
+#: Non-secret: the timeouts (user-data).
+WATCHDOG_CONFIG_PATH = "/etc/maider/watchdog.json"
+#: The SelfDestruct calls with their credential: 0600, written over SSH stdin after boot.
+WATCHDOG_DESTROY_PATH = "/etc/maider/watchdog-destroy.json"
+WATCHDOG_STATE_PATH = "/var/lib/maider/watchdog/state.json"
+_WATCHDOG = f"/usr/bin/python3 {WATCHDOG_PROGRAM}"
+
 # --------------------------------------------------------------------------------------------
 # Commands (docs/LIFECYCLE.md)
 # --------------------------------------------------------------------------------------------
@@ -54,11 +67,54 @@ RECREATE = f"{_COMPOSE} up -d --force-recreate"
 NVIDIA_SMI_QUERY = (
     "nvidia-smi --query-gpu=index,name,memory.used,memory.total,utilization.gpu --format=csv,noheader,nounits"
 )
+#: The compose file as it is on the VM: the vLLM flags really running (after any heal or
+#: switch-model), which `benchmark` stores with its results. It holds no secret.
+READ_COMPOSE = f"cat {COMPOSE_PATH}"
+
+
+# The watchdog's subcommands: each prints one JSON object (see :func:`parse_watchdog_status`).
+WATCHDOG_STATUS = f"{_WATCHDOG} status"
+WATCHDOG_PROBE_BEGIN = f"{_WATCHDOG} probe-begin"
+
+
+def watchdog_extend(seconds: float) -> str:
+    """Keep the VM at least ``seconds`` longer (the VM caps it at its max extension)."""
+    if not (isinstance(seconds, (int, float)) and seconds > 0 and seconds < float("inf")):
+        raise ValueError(f"seconds must be positive, not {seconds!r}")
+    return f"{_WATCHDOG} extend --seconds {float(seconds):g}"
+
+
+def watchdog_probe_end(requests: int, prompt_tokens: int, generation_tokens: int) -> str:
+    """Close maider's probe window: the watchdog subtracts these totals from vLLM's counters."""
+    values = (requests, prompt_tokens, generation_tokens)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        raise ValueError(f"probe totals must be non-negative integers, not {values!r}")
+    return (
+        f"{_WATCHDOG} probe-end --requests {requests} --prompt-tokens {prompt_tokens} "
+        f"--generation-tokens {generation_tokens}"
+    )
+
+
+def parse_watchdog_status(stdout: str) -> dict[str, Any]:
+    """The JSON object every watchdog subcommand prints (``config``, ``state``, ``status``,
+    ``decision``, ``now``: the VM's clock)."""
+    try:
+        data = json.loads(stdout.strip().splitlines()[-1] if stdout.strip() else "")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the VM's watchdog printed invalid JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(k in data for k in ("state", "decision", "now")):
+        raise ValueError("the VM's watchdog printed JSON without state/decision/now")
+    return data
 
 
 def write_secret_file(path: str = SECRETS_PATH) -> str:
     """Write stdin to ``path`` with mode 0600 (the content travels on SSH stdin, never argv)."""
     return f"install -m 600 /dev/stdin {shlex.quote(path)}"
+
+
+#: Healing and switch-model: replace compose.yaml with the content on SSH stdin (mode 0644, as
+#: cloud-init wrote it; it holds no secret), then :data:`RECREATE`.
+WRITE_COMPOSE = f"install -m 644 /dev/stdin {COMPOSE_PATH}"
 
 
 def vllm_logs(tail: int = 200) -> str:

@@ -8,7 +8,8 @@ Decisions, against what the previous generation got wrong (shared notes, prior-a
   which holds ``HF_TOKEN`` and ``VLLM_API_KEY`` and nothing else. No maider setting travels as
   an environment variable: vLLM treats ``VLLM_*`` names as its own configuration, and
   ``VLLM_PORT`` in particular is its internal distributed port (it collided with the API port).
-  The vLLM settings are command-line flags.
+  The vLLM settings are command-line flags. The only other variables are the ones a healing
+  fix sets (``NCCL_*``, see :mod:`maider.ops.heal`), through ``extra_env``.
 - **127.0.0.1 only.** Ports are published on the VM's loopback; the SSH tunnel reaches them.
 - **Literal strings.** Compose interpolates ``$`` everywhere in the file, so every ``$`` that
   comes from settings is escaped as ``$$``.
@@ -17,6 +18,7 @@ Decisions, against what the previous generation got wrong (shared notes, prior-a
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from maider.errors import ConfigError
@@ -103,19 +105,49 @@ def render_compose(
     openwebui_image: str,
     enable_openwebui: bool,
     gpu_vendor: str = "NVIDIA",
+    extra_env: Mapping[str, str] | None = None,
 ) -> str:
-    """The compose file (YAML text) for /opt/maider/compose.yaml."""
+    """The compose file (YAML text) for /opt/maider/compose.yaml.
+
+    ``extra_env``: more environment variables for the vLLM container (the healing fixes' NCCL
+    settings); see :func:`check_extra_env` for what is allowed.
+    """
     if gpu_vendor not in GPU_VENDORS:
         raise ConfigError(f"unsupported GPU vendor {gpu_vendor!r} (maider supports {', '.join(GPU_VENDORS)})")
+    service = _vllm_service(vllm, model_id, check_pinned_image(vllm_image), gpu_vendor)
+    for name, value in check_extra_env(extra_env or {}).items():
+        service["environment"][name] = _literal(value)
     doc: dict[str, Any] = {
         "name": COMPOSE_PROJECT,
-        "services": {VLLM_SERVICE: _vllm_service(vllm, model_id, check_pinned_image(vllm_image), gpu_vendor)},
+        "services": {VLLM_SERVICE: service},
         "volumes": {HF_CACHE_VOLUME: {}},
     }
     if enable_openwebui:
         doc["services"][OPENWEBUI_SERVICE] = _openwebui_service(check_pinned_image(openwebui_image))
         doc["volumes"][OPENWEBUI_DATA_VOLUME] = {}
     return dump_yaml(doc)
+
+
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+#: Set by the compose file itself or by secrets.env; an extra variable must not shadow them.
+_OWN_ENV = frozenset({"DO_NOT_TRACK", "HF_TOKEN"})
+
+
+def check_extra_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` if every variable may go on the vLLM service; else ConfigError.
+
+    Names are upper-case identifiers. ``VLLM_*`` names are refused: vLLM reads them as its own
+    configuration (the API key travels in secrets.env, never in the compose file, which is also
+    in the user-data). Values are single lines (they are written as YAML scalars).
+    """
+    checked: dict[str, str] = {}
+    for name, value in env.items():
+        if not _ENV_NAME.match(name) or name.startswith("VLLM_") or name in _OWN_ENV:
+            raise ConfigError(f"environment variable {name!r} cannot be set on the vLLM service")
+        if "\n" in value or "\r" in value:
+            raise ConfigError(f"environment variable {name} must be a single line")
+        checked[name] = value
+    return checked
 
 
 def _vllm_service(vllm: VLLMSettings, model_id: str, image: str, gpu_vendor: str) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from maider.provider import (
     VMInstance,
 )
 from maider.remote import commands, ssh
+from maider.session import watchdog
 from maider.session.state import (
     SessionNotFound,
     SessionRecord,
@@ -435,6 +436,7 @@ def render_user_data(
         vllm_image=settings.vllm_image,
         openwebui_image=settings.openwebui_image if settings.enable_openwebui else None,
         secrets=secrets,
+        watchdog_config=watchdog.vm_config(settings),
     )
 
 
@@ -592,6 +594,10 @@ class _Up:
         self._start("cloud-init")
         self._wait_cloud_init(target)
         self._done()
+        # The idle watchdog runs since boot (power-off mode): give it its deletion credential.
+        watchdog.install(
+            self.store, record, self.provider or provider, vm, self.settings, target, self.reporter
+        )
 
         # -- secrets and the stack
         self._start("stack")
@@ -624,11 +630,26 @@ class _Up:
         self.store.record_phase(session_id, "total", time.monotonic() - started)
         self.store.mutate(session_id, lambda data: data.pop(UP_PID_FIELD, None))
         self.store.set_current(session_id)
+        if self.settings.watchdog:
+            record = self._start_laptop_watchdog(record)
         files = self._aider_files(record)
         return UpResult(record, self.attempts, session_env(self.store, record), files)
 
     def _secrets(self) -> list[str]:
         return [s for s in (self.hf_token, self.api_key) if s]
+
+    def _start_laptop_watchdog(self, record: SessionRecord) -> SessionRecord:
+        """The laptop side of the watchdog (maider.session.laptop_watchdog), detached. Failing to
+        start it is a warning: the VM side still acts."""
+        from maider.session import laptop_watchdog
+
+        try:
+            pid = laptop_watchdog.start(self.store, record, self.settings)
+        except (OSError, MaiderError, ValueError) as exc:
+            self.reporter.warn(f"the laptop watchdog did not start ({exc}); the VM's own watchdog still acts")
+            return record
+        self.reporter.info(f"laptop watchdog started (pid {pid})")
+        return self.store.get(record.id)
 
     # -- create, with capacity fallbacks ----------------------------------------------------
 
@@ -797,58 +818,30 @@ class _Up:
             poller.sleep()
 
     def _wait_vllm(self, target: ssh.SSHTarget, served: str, port: int) -> None:
-        from maider.remote import tunnel
+        """Wait until vLLM answers; heal it when it stops (maider.session.healing)."""
+        from maider.session import healing
 
         assert self.session_id is not None
-        deadline = time.monotonic() + self.timeouts.vllm
-        poller = Poller(min(self.timeouts.poll, LOCAL_POLL), deadline)  # through the tunnel: cheap
-        checked = float("-inf")
-        reopened = 0
-        while True:
-            ok, detail = probe_vllm(
-                port, self.api_key, served, timeout=max(1.0, min(30.0, deadline - time.monotonic()))
-            )
-            if ok:
-                return
-            self.reporter.progress(detail)
-            if time.monotonic() - checked >= CONTAINER_CHECK_EVERY:
-                checked = time.monotonic()
-                self._check_vllm_alive(target)
-                record = self.store.get(self.session_id)
-                if not tunnel_alive(record) and reopened < TUNNEL_REOPENS:
-                    # The tunnel's ssh died (a network change, a sleeping laptop): open it again.
-                    reopened += 1
-                    self.reporter.progress("the tunnel dropped; opening it again")
-                    port = tunnel.open_session_tunnel(
-                        self.store, self.session_id, target, webui=self.settings.enable_openwebui
-                    ).api
-            if time.monotonic() >= deadline:
-                raise _StepFailed(
-                    f"vLLM was not ready within {self.timeouts.vllm:g} s ({detail}; setting timeout_vllm)"
-                    + _log_hint(target)
-                )
-            poller.sleep()
-
-    def _check_vllm_alive(self, target: ssh.SSHTarget) -> None:
-        """Fail at once when the vLLM container stopped or restarts (it will not get better)."""
-        try:
-            result = ssh.run(target, commands.COMPOSE_PS, timeout=SHORT_COMMAND_TIMEOUT)
-            services = commands.parse_compose_ps(result.stdout) if result.ok else None
-        except (ssh.SSHError, ValueError):
-            return  # cannot tell; the deadline still applies
-        if services is None:
-            return
-        vllm = [s for s in services if s.service == commands.VLLM_SERVICE]
-        if not vllm:
-            raise _StepFailed(
-                "the vLLM container does not exist on the VM (maider-stack.service did not start it)"
-            )
-        state = vllm[0]
-        if state.state in ("exited", "dead", "restarting") or "restarting" in state.status.lower():
-            raise _StepFailed(
-                f"vLLM stopped ({state.status or state.state}, exit code {state.exit_code}): "
-                f"{_vllm_error(target)}"
-            )
+        stack = healing.Stack.from_plan(self.plan)
+        self._update(**stack.record_fields())
+        healer = healing.Healer(
+            self.store, self.session_id, target, self.reporter, stack, during="up", secrets=self._secrets()
+        )
+        healing.wait_ready(
+            store=self.store,
+            session_id=self.session_id,
+            target=target,
+            api_key=self.api_key,
+            port=port,
+            timeout=self.timeouts.vllm,
+            poll=self.timeouts.poll,
+            reporter=self.reporter,
+            healer=healer,
+            served=served,
+            webui=self.settings.enable_openwebui,
+        )
+        if healer.attempts:  # the record describes what runs now: the healed settings
+            self._update(**healer.stack.record_fields())
 
     # -- aider -----------------------------------------------------------------------------
 
@@ -1234,11 +1227,14 @@ def down(
     store: SessionStore | None = None,
     settings: MaiderSettings | None = None,
     record: SessionRecord | None = None,
+    end_reason: str | None = None,
 ) -> DownResult:
     """Close the tunnel, delete the VM, wait until the provider confirms it is gone, drop the record.
 
     Idempotent: a VM that is gone already counts as deleted. Any API error leaves the record in
-    place (status and ``last_error`` say what is known) and raises :class:`DownFailed`.
+    place (status and ``last_error`` say what is known) and raises :class:`DownFailed`. With
+    ``end_reason`` (a watchdog deleting it) the record is kept as ``deleted`` with that reason and
+    the cost (:func:`record_ended`), so ``list`` and ``status`` can say what happened.
     """
     from maider.config import load_settings
 
@@ -1258,6 +1254,20 @@ def down(
         provider = _Providers().get(record.provider)
     except MaiderError as exc:
         raise DownFailed(f"cannot delete session {label}'s VM: {exc}; the session record is kept") from None
+    if record.status is SessionStatus.DELETED:  # a watchdog deleted it: only the record is left
+        problem = release_leftovers(provider, record, reporter)
+        if problem is not None and "disk may still bill" in problem:
+            store.update(record.id, last_error=problem)
+            raise DownFailed(
+                f"session {label}: {problem}; the session record is kept: run `maider down {label}` again"
+            )
+        store.delete(record.id)
+        currency = record.hourly_price.currency if record.hourly_price else "USD"
+        ran = runtime_seconds(record, record.ended_at) if record.ended_at else 0.0
+        return DownResult(record, [], ran, record.final_cost, currency)
+    from maider.session import laptop_watchdog
+
+    laptop_watchdog.stop(store, record)  # before the tunnel closes: it must not act meanwhile
     previous = record.status
     reporter.phase("tunnel", "closing the tunnel")
     close_session_ssh(store, record)
@@ -1296,11 +1306,69 @@ def down(
                 f"{provider.display_name} accepted the deletion of {', '.join(ids)} but maider could not confirm "
                 f"it is gone ({exc}); the session record is kept: run `maider down {label}` again to check"
             ) from None
+    watchdog.revoke(provider, record, reporter)  # the VM is gone: its credential has no use left
     seconds = runtime_seconds(record, ended) if ids else 0.0
     cost = cost_of(record, seconds) if ids else 0.0
     currency = record.hourly_price.currency if record.hourly_price else "USD"
-    store.delete(record.id)
+    if end_reason is not None:
+        record = record_ended(store, record, end_reason, ended or _now(), close_ssh=False)
+    else:
+        store.delete(record.id)
     return DownResult(record, ids, seconds, cost, currency)
+
+
+def release_leftovers(
+    provider: Provider, record: SessionRecord, reporter: Reporter | None = None
+) -> str | None:
+    """After a session's VM vanished (a watchdog deleted it): delete what the VM could not delete
+    itself and revoke the watchdog's credential. Returns what failed, or None.
+
+    A VM that terminated itself leaves what its vendor keeps after a server delete: Scaleway's
+    Block Storage root volume, which bills until deleted (``delete_instance`` of a gone server
+    deletes it). On Linode and DigitalOcean it costs one 404. Idempotent.
+    """
+    problems: list[str] = []
+    if record.instance_id:
+        try:
+            provider.delete_instance(record.instance_id)
+        except ProviderError as exc:
+            problems.append(
+                f"deleting what is left of VM {record.instance_id} (its disk may still bill) failed: {exc}"
+            )
+    if not watchdog.revoke(provider, record, reporter or NullReporter()):
+        problems.append("revoking the watchdog's credential failed (it expires by itself)")
+    return "; ".join(problems) or None
+
+
+def record_ended(
+    store: SessionStore,
+    record: SessionRecord,
+    reason: str,
+    ended_at: dt.datetime,
+    *,
+    close_ssh: bool = True,
+    provider: Provider | None = None,
+) -> SessionRecord:
+    """Keep the record of a session whose VM a watchdog deleted (or that vanished): status
+    ``deleted``, why, when, and the cost up to ``ended_at``. `maider cleanup` forgets it later.
+    With ``provider``, also :func:`release_leftovers` (a failure is kept in ``last_error``, and
+    `maider down` tries again)."""
+    if close_ssh:
+        close_session_ssh(store, record)
+    seconds = runtime_seconds(record, ended_at) if record.instance_id else 0.0
+    cost = cost_of(record, seconds) if record.instance_id else 0.0
+    problem = release_leftovers(provider, record) if provider is not None else None
+    return store.update(
+        record.id,
+        status=SessionStatus.DELETED,
+        ended_at=ended_at,
+        end_reason=reason,
+        final_cost=round(cost, 4) if cost is not None else None,
+        tunnel_pid=None,
+        laptop_watchdog_pid=None,
+        laptop_watchdog_started=None,
+        last_error=problem,
+    )
 
 
 # ------------------------------------------------------------------------------------ list/status
@@ -1461,6 +1529,10 @@ def survey(*, store: SessionStore | None = None, provider_ids: Sequence[str] | N
         ):
             view.runtime_seconds = runtime_seconds(record, now)
             view.cost = cost_of(record, view.runtime_seconds)
+        if view.vm_state == "gone" and record.provider in listed:
+            _explain_gone(store, view, confirmed=False, provider=providers.get(record.provider))
+        elif view.vm_state == InstanceStatus.STOPPED.value:
+            view.record = watchdog.note_vm_state(store, record, "stopped")
         views.append(view)
     # An orphan is a VM tagged "maider" that no record claims: not by instance id, nor (for a
     # record whose create answer never came) by its session tag. A second VM of a session whose
@@ -1501,7 +1573,35 @@ def status(name: str | None = None, *, store: SessionStore | None = None) -> Ses
     if view.vm_state not in ("gone", "none"):
         view.runtime_seconds = runtime_seconds(record)
         view.cost = cost_of(record, view.runtime_seconds)
+    if view.vm_state == "gone":
+        _explain_gone(store, view, confirmed=True, provider=provider if view.problem is None else None)
+    elif view.vm_state == InstanceStatus.STOPPED.value:
+        view.record = watchdog.note_vm_state(store, view.record, "stopped")
     return view
+
+
+def _explain_gone(
+    store: SessionStore, view: SessionView, *, confirmed: bool, provider: Provider | None
+) -> None:
+    """A session whose VM is gone: a watchdog's deletion is a ``deleted`` record saying why and
+    what it cost, not an unexplained gone VM. ``confirmed``: the provider said NotFound; else
+    (``list``: a listing did not show it, and no extra API call is made) only a VM whose
+    watchdog deadline has passed is taken as deleted by it; any other stays "gone" for
+    ``cleanup`` to confirm."""
+    from maider.session import laptop_watchdog
+
+    record = view.record
+    if record.status is SessionStatus.READY and record.instance_id is not None:
+        why = laptop_watchdog.explain_gone(store, record, due_only=not confirmed)
+        if why is None:
+            # No laptop side to ask (it never ran, or its state is gone): the VM side's facts.
+            why = watchdog.gone_reason(record, due_only=not confirmed)
+        if why is None:
+            return
+        record = view.record = record_ended(store, record, *why, provider=provider)
+    if record.status is SessionStatus.DELETED:
+        view.runtime_seconds = runtime_seconds(record, record.ended_at) if record.ended_at else None
+        view.cost = record.final_cost
 
 
 # ------------------------------------------------------------------------------------ use, tunnel

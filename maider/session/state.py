@@ -137,6 +137,23 @@ class SessionRecord(BaseModel):
     phases: dict[str, float] = Field(default_factory=dict)  # phase name → seconds
     last_error: str | None = None
     keep_on_failure: bool = False
+    #: The vLLM settings running on the VM (maider.sizing.VLLMSettings as a dict), the extra
+    #: container environment healing added, and what else re-renders compose.yaml (images,
+    #: Open WebUI, GPU vendor/count, the utilization the plan chose): see maider.session.healing.
+    vllm: dict[str, Any] | None = None
+    vllm_env: dict[str, str] = Field(default_factory=dict)
+    stack: dict[str, Any] | None = None
+    #: Every healing try of this session (maider.ops.heal.HealAttempt.to_dict() + "during").
+    heal_attempts: list[dict[str, Any]] = Field(default_factory=list)
+    # The laptop watchdog (maider.session.laptop_watchdog): its pid and that process's start
+    # token (a pid alone may have been reused by another program since).
+    laptop_watchdog_pid: int | None = None
+    laptop_watchdog_started: str | None = None
+    # A session whose VM a watchdog deleted keeps its record (status deleted) saying why and when,
+    # and what it cost, until `maider cleanup` forgets it.
+    ended_at: dt.datetime | None = None
+    end_reason: str | None = None
+    final_cost: float | None = None
 
     @field_validator("id")
     @classmethod

@@ -245,6 +245,7 @@ class VMFarm:
                 thread = getattr(c.standin, "thread", None)
                 if isinstance(thread, threading.Thread):
                     threads.append(thread)
+            threads += vm.python.alive_threads()
         return [t for t in threads if t.is_alive()]
 
     def take_errors(self) -> list[str]:

@@ -36,46 +36,82 @@ class VLLMFailure:
     ``after``: real seconds after the container starts (load failures) or after the server
     became ready (``crash``) before the process dies. ``times``: how many starts of the
     container fail (None: every start, so a restart policy loops like the real thing).
-    ``detail``: values that appear in the log (see the constructors).
+    ``detail``: values that appear in the log (see the constructors). ``models``: only these
+    model ids fail (None: any), so a test can make one model fail and another one load.
+
+    The settings change that cures the real failure cures the stand-in's too (so maider's
+    healing is tested against cause and effect, not a counter): ``kv_cache`` fails only while
+    ``--max-model-len`` exceeds ``max_tokens``; ``nccl`` only without ``NCCL_P2P_DISABLE=1`` in
+    the container's environment; ``bf16`` only while ``--dtype`` is not float16/half; ``oom``
+    with ``fits_at`` only while ``--gpu-memory-utilization`` is above it (without: always).
     """
 
     kind: FailureKind
     after: float = 0.0
     times: int | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)
+    models: tuple[str, ...] | None = None
 
     @classmethod
-    def oom(cls, *, after: float = 0.0, times: int | None = None, tried_gib: float = 1.02) -> VLLMFailure:
-        return cls("oom", after, times, {"tried_gib": tried_gib})
+    def oom(
+        cls,
+        *,
+        after: float = 0.0,
+        times: int | None = None,
+        tried_gib: float = 1.02,
+        fits_at: float | None = None,
+        models: tuple[str, ...] | None = None,
+    ) -> VLLMFailure:
+        """``fits_at``: the model loads once ``--gpu-memory-utilization`` is at most this."""
+        detail: dict[str, Any] = {"tried_gib": tried_gib}
+        if fits_at is not None:
+            detail["fits_at"] = fits_at
+        return cls("oom", after, times, detail, models)
 
     @classmethod
     def kv_cache(
-        cls, *, max_tokens: int = 18000, after: float = 0.0, times: int | None = None
+        cls,
+        *,
+        max_tokens: int = 18000,
+        after: float = 0.0,
+        times: int | None = None,
+        models: tuple[str, ...] | None = None,
     ) -> VLLMFailure:
-        return cls("kv_cache", after, times, {"max_tokens": max_tokens})
+        return cls("kv_cache", after, times, {"max_tokens": max_tokens}, models)
 
     @classmethod
     def crash(cls, *, after: float = 0.0, times: int | None = None) -> VLLMFailure:
         return cls("crash", after, times)
 
     @classmethod
-    def model_not_found(cls, *, after: float = 0.0, times: int | None = None) -> VLLMFailure:
-        return cls("model_not_found", after, times)
+    def model_not_found(
+        cls, *, after: float = 0.0, times: int | None = None, models: tuple[str, ...] | None = None
+    ) -> VLLMFailure:
+        return cls("model_not_found", after, times, {}, models)
 
     @classmethod
     def gated(
-        cls, *, valid_token: str | None = None, after: float = 0.0, times: int | None = None
+        cls,
+        *,
+        valid_token: str | None = None,
+        after: float = 0.0,
+        times: int | None = None,
+        models: tuple[str, ...] | None = None,
     ) -> VLLMFailure:
         """Fails unless the container's HF_TOKEN equals ``valid_token`` (None: no token works)."""
-        return cls("gated", after, times, {"valid_token": valid_token})
+        return cls("gated", after, times, {"valid_token": valid_token}, models)
 
     @classmethod
-    def nccl(cls, *, after: float = 0.0, times: int | None = None) -> VLLMFailure:
-        return cls("nccl", after, times)
+    def nccl(
+        cls, *, after: float = 0.0, times: int | None = None, models: tuple[str, ...] | None = None
+    ) -> VLLMFailure:
+        return cls("nccl", after, times, {}, models)
 
     @classmethod
-    def bf16(cls, *, after: float = 0.0, times: int | None = None) -> VLLMFailure:
-        return cls("bf16", after, times)
+    def bf16(
+        cls, *, after: float = 0.0, times: int | None = None, models: tuple[str, ...] | None = None
+    ) -> VLLMFailure:
+        return cls("bf16", after, times, {}, models)
 
     @classmethod
     def no_gpu(cls, *, after: float = 0.0, times: int | None = None) -> VLLMFailure:
@@ -135,6 +171,9 @@ class StandInOptions:
     vllm_version: str = "0.11.0"
     #: Used when the compose command has no --max-model-len.
     default_max_model_len: int = 32768
+    #: nvidia-smi's utilization.gpu of a GPU while vLLM runs requests on it, per GPU index
+    #: (missing: 95). A low figure acts out a GPU that is not doing the work (a stuck TP rank).
+    gpu_busy_pct: dict[int, int] = field(default_factory=dict)
 
     # -- stand-in Open WebUI ---------------------------------------------------------------
     webui_load_seconds: float = 0.0

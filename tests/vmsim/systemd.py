@@ -20,7 +20,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .shell import BufferSink, Ctx, Shell, Sink
 
@@ -111,6 +111,8 @@ class Systemd:
     enabled: set[str] = field(default_factory=set)
     stopped_image_units: set[str] = field(default_factory=set)
     journal: list[tuple[float, str, str]] = field(default_factory=list)  # (time, unit, line)
+    #: Background main processes of Type=simple units (python3), by unit.
+    processes: dict[str, Any] = field(default_factory=dict)
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -255,7 +257,10 @@ class Systemd:
         rc, _ = self._exec(unit, "ExecStartPre", shell, env)
         if rc != 0:
             return self._failed(name, st, description, err, rc, kind, control=True)
-        rc, main = self._exec(unit, "ExecStart", shell, env)
+        if kind == "simple" and self._background_argv(unit, env) is not None:
+            rc, main = self._spawn(name, unit, env)
+        else:
+            rc, main = self._exec(unit, "ExecStart", shell, env)
         st.exec_main_status = rc
         if rc != 0:
             return self._failed(name, st, description, err, rc, kind)
@@ -275,6 +280,65 @@ class Systemd:
             self._log(name, f"Started {name} - {description}.")
         st.result = "success"
         return 0
+
+    # -- background main processes (python3: a real host process, see python.py) -------------
+
+    def _background_argv(self, unit: UnitFile, env: dict[str, str]) -> list[str] | None:
+        """The ExecStart argv when it is a long-running program vmsim runs for real (python3)."""
+        lines = unit.values("Service", "ExecStart")
+        if len(lines) != 1:
+            return None
+        line = lines[0].lstrip("-@+!:")
+        line = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: env.get(m.group(1) or m.group(2), ""), line)
+        try:
+            argv = shlex.split(line)
+        except ValueError:
+            return None
+        if argv and posixpath.basename(argv[0]) in ("python3", "python"):
+            return argv
+        return None
+
+    def _spawn(self, name: str, unit: UnitFile, env: dict[str, str]) -> tuple[int, list[str] | None]:
+        argv = self._background_argv(unit, env)
+        assert argv is not None
+        prog = posixpath.basename(argv[1]) if len(argv) > 1 else argv[0]
+        holder: dict[str, int] = {}
+
+        def on_line(text: str) -> None:
+            self._log(name, f"{prog}[{holder.get('pid', 0)}]: {text}")
+
+        def on_exit(rc: int) -> None:
+            with self.vm.lock:
+                if self.processes.get(name) is not proc:
+                    return  # stopped on purpose
+                self.processes.pop(name, None)
+                st = self.states.setdefault(name, UnitState())
+                st.exec_main_status = rc
+                st.main_argv = None
+                self._log(name, f"{name}: Main process exited, code=exited, status={rc}")
+                policy = unit.value("Service", "Restart", "no")
+                restart = policy == "always" or (policy in ("on-failure", "on-abnormal") and rc != 0)
+                st.active, st.sub = ("failed", "failed") if rc != 0 else ("inactive", "dead")
+                if restart and self.vm.state not in ("off", "destroyed"):
+                    delay = float(unit.value("Service", "RestartSec", "0.1").rstrip("s") or 0.1)
+                    self._log(name, f"{name}: Scheduled restart job.")
+                    self.vm.schedule(lambda: self.start(name, BufferSink(), BufferSink()), real=delay)
+
+        proc_or_error = self.vm.python.spawn(argv, on_line, on_exit)
+        if isinstance(proc_or_error, str):
+            on_line(proc_or_error)
+            return 2, argv
+        proc = proc_or_error
+        holder["pid"] = proc.pid
+        self.processes[name] = proc
+        return 0, argv
+
+    def _terminate(self, name: str) -> bool:
+        proc = self.processes.pop(name, None)
+        if proc is None:
+            return False
+        self.vm.python.terminate(proc)
+        return True
 
     def _failed(
         self, name: str, st: UnitState, description: str, err: Sink, rc: int, kind: str, control: bool = False
@@ -313,6 +377,8 @@ class Systemd:
             shell, env = Shell(self.vm, source="systemd", cwd="/"), {}
         if unit.values("Service", "ExecStop"):
             self._exec(unit, "ExecStop", shell, env)
+        if self._terminate(name):
+            pass  # SIGTERM to the background main process
         elif st.main_argv is not None and st.sub == "running":
             # SIGTERM to the main process: a foreground `docker compose up` stops its containers.
             argv = st.main_argv
@@ -384,6 +450,9 @@ class Systemd:
             return 0
         verb, units = args[0], [unit_name(u) for u in args[1:]]
         quiet = bool({"-q", "--quiet"} & flags)
+        if verb in ("poweroff", "halt"):
+            # Outside the VM lock: the simulator's lock comes first (its delete hook locks the VM).
+            return ctx.vm.guest_poweroff()
         with ctx.vm.lock:
             if verb == "daemon-reload":
                 self.loaded.clear()

@@ -541,10 +541,29 @@ class VLLMStandIn(HTTPStandIn):
             return None
         if failure.times is not None and self.container.starts > failure.times:
             return None
+        if failure.models is not None and cfg.model not in failure.models:
+            return None
         valid = failure.detail.get("valid_token")
         if failure.kind == "gated" and valid is not None and self.env.get("HF_TOKEN") == valid:
             return None
+        if self._cured(failure):
+            return None
         return failure
+
+    def _cured(self, failure: VLLMFailure) -> bool:
+        """Whether the settings real vLLM would start with avoid ``failure`` (options.VLLMFailure)."""
+        cfg = self.config
+        if failure.kind == "kv_cache":
+            return self.max_model_len <= int(failure.detail.get("max_tokens", 18000))
+        if failure.kind == "nccl":
+            # GPU peer-to-peer through a hypervisor is the usual culprit; without it NCCL copies
+            # through host shared memory.
+            return self.env.get("NCCL_P2P_DISABLE") == "1"
+        if failure.kind == "bf16":
+            return cfg.dtype in ("float16", "half")
+        if failure.kind == "oom" and "fits_at" in failure.detail:
+            return cfg.gpu_memory_utilization <= float(failure.detail["fits_at"]) + 1e-9
+        return False
 
     def _ready_due(self) -> bool:
         return (
@@ -925,8 +944,11 @@ class VLLMStandIn(HTTPStandIn):
                 entry["status"] = 200
                 first_token_at = self._stream(h, body, chat, rid, created, model, pieces, finish, usage)
             else:
-                if self.options.token_delay:
-                    self.vm.stopped.wait(self.options.token_delay * len(pieces))
+                for _ in pieces:  # generated one engine step at a time, counted as they are
+                    if self.options.token_delay:
+                        self.vm.stopped.wait(self.options.token_delay)
+                    with self.metrics.lock:
+                        self.metrics.generation_tokens += 1
                 first_token_at = time.monotonic()
                 text = "".join(pieces)
                 choice: dict[str, Any]
@@ -980,8 +1002,8 @@ class VLLMStandIn(HTTPStandIn):
             with self.metrics.lock:
                 self.metrics.running -= 1
                 self.metrics.success[outcome] += 1
+                # Generated tokens were counted as they were produced (above and in _stream).
                 if outcome != "abort":
-                    self.metrics.generation_tokens += len(pieces)
                     ttft = (first_token_at or end) - t0
                     self.metrics.ttft.observe(ttft)
                     self.metrics.e2e.observe(end - t0)
@@ -1063,6 +1085,10 @@ class VLLMStandIn(HTTPStandIn):
                 )
             if first is None:
                 first = time.monotonic()
+            # Real vLLM counts generated tokens every engine step, not when a request ends, so a
+            # scrape during a long answer already shows its tokens (`maider watch` relies on it).
+            with self.metrics.lock:
+                self.metrics.generation_tokens += 1
         if include_usage:
             send([], usage=usage)
         h.chunk(b"data: [DONE]\n\n")

@@ -9,6 +9,7 @@ thread: a timer is due when both its real-time and its simulator-clock delays ha
 from __future__ import annotations
 
 import contextlib
+import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 
     from .farm import VMFarm
     from .vllm import VLLMStandIn
+
+
+#: The vendor's state of an instance powered off from inside (the simulators' own words).
+GUEST_OFF_STATE = {"linode": "offline", "digitalocean": "off", "scaleway": "stopped_in_place"}
 
 
 @dataclass(eq=False)
@@ -128,7 +133,15 @@ class EmulatedVM:
             "journalctl": self.systemd.journalctl,
             "docker": self.docker.docker,
             "docker-compose": self.docker.docker_compose_v1,
+            "python3": self._python3,
+            "python": self._python3,
+            "wall": self._wall,
+            "shutdown": self._shutdown,
         }
+        from .python import PythonHost
+
+        #: Runs the VM's Python programs as host processes (see python.py).
+        self.python = PythonHost(self)
         if any(g.nvidia for g in self.gpus):
             self.commands["nvidia-smi"] = self._nvidia_smi
 
@@ -319,6 +332,7 @@ class EmulatedVM:
                 self._timers = []
             self.farm.stop_sshd(self)
             self.docker.shutdown()
+            self.python.close()
             self.farm.set_public_ports(self, [])
 
     def refresh_public_ports(self) -> None:
@@ -354,6 +368,37 @@ class EmulatedVM:
         return rec
 
     # -- stand-in commands -----------------------------------------------------------------
+
+    def guest_poweroff(self) -> int:
+        """``systemctl poweroff`` / ``shutdown -h now``: the instance reads as stopped in the
+        simulator from now on (still billed where the vendor bills stopped instances: the ledger
+        keeps billing Linode and DigitalOcean; Scaleway's guest shutdown leaves the server
+        allocated, "stopped in place", which the ledger also keeps billing); the farm then powers
+        the VM off as it would for an API power-off."""
+        state = GUEST_OFF_STATE.get(self.vendor, "stopped")
+        lock = getattr(self.sim, "lock", None)
+        with lock if lock is not None else contextlib.nullcontext():
+            if self.record.deleted_at is None and self.record.state == self.record.ready_state:
+                now = self.now()
+                self.record.cancel_after(now)
+                self.record.schedule(now, state)
+        self.systemd.journal.append((self.now(), "systemd-logind.service", "The system will power off now!"))
+        return 0
+
+    def _python3(self, ctx: Ctx) -> int:
+        return self.python.run(ctx)
+
+    def _wall(self, ctx: Ctx) -> int:
+        message = " ".join(ctx.argv[1:]) or ctx.stdin.read().decode(errors="replace").strip()
+        self.systemd.journal.append((self.now(), "wall", f"Broadcast message from root: {message}"))
+        return 0
+
+    def _shutdown(self, ctx: Ctx) -> int:
+        args = ctx.argv[1:]
+        if ("-h" in args or "-P" in args or "--poweroff" in args) and ("now" in args or "+0" in args):
+            return self.guest_poweroff()
+        self.note_not_emulated(shlex.join(ctx.argv), source=ctx.shell.source)
+        return ctx.fail("vmsim: only `shutdown -h now` is emulated")
 
     def _cloud_init(self, ctx: Ctx) -> int:
         args = ctx.argv[1:]
@@ -447,6 +492,7 @@ class EmulatedVM:
                 for i in used:
                     used[i] += c.standin.gpu_memory_used_mib(i)
                     busy[i] = busy[i] or c.standin.gpu_busy(i)
+        util = {i: self.options.gpu_busy_pct.get(i, 95) if busy[i] else 0 for i in used}
         if query is None:
             ctx.print(
                 "+-----------------------------------------------------------------------------------------+"
@@ -459,7 +505,7 @@ class EmulatedVM:
             )
             for i, g in nvidia:
                 ctx.print(
-                    f"|   {i}  {g.name:<34}|  {used[i]:>6}MiB / {g.memory_mib:>6}MiB |  {95 if busy[i] else 0:>3}%  |"
+                    f"|   {i}  {g.name:<34}|  {used[i]:>6}MiB / {g.memory_mib:>6}MiB |  {util[i]:>3}%  |"
                 )
             ctx.print(
                 "+-----------------------------------------------------------------------------------------+"
@@ -481,7 +527,7 @@ class EmulatedVM:
                 "memory.used": str(used[i]),
                 "memory.total": str(g.memory_mib),
                 "memory.free": str(g.memory_mib - used[i]),
-                "utilization.gpu": str(95 if busy[i] else 0),
+                "utilization.gpu": str(util[i]),
                 "utilization.memory": str(40 if busy[i] else 0),
                 "temperature.gpu": str(62 if busy[i] else 34),
                 "power.draw": "250.00" if busy[i] else "31.00",
