@@ -151,3 +151,31 @@ def test_switch_needs_a_session(world: World, cli: Any) -> None:
     result = cli("switch-model", NEW)
     assert result.exit_code == 1
     assert result.stderr.strip() == "error: no session: start one with `maider up`"
+
+
+def test_ctrl_c_during_the_switch_rolls_back(
+    world: World, cli: Any, session: dict[str, Any], tmp_path: Path
+) -> None:
+    """An interrupt while the new model loads must not leave the VM on a compose file the record
+    does not describe: the previous model is put back, and the exit code says interrupted."""
+    import dataclasses
+
+    from tests.lifecycle_world import run_maider
+
+    vm = _vm(world)
+    vm.options = dataclasses.replace(vm.options, load_seconds=60.0)  # the new model takes its time
+    proc = run_maider(world, ["switch-model", NEW, "sw"], tmp_path)
+    try:
+        proc.wait_for("waiting for vLLM to serve", timeout=60)
+        assert f"--model {NEW}" in " ".join(_command(vm)) or NEW in _command(vm)
+        vm.options = dataclasses.replace(vm.options, load_seconds=0.0)  # the old one comes back at once
+        proc.interrupt()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+    assert code == 130, proc.output
+    assert f"rolled back to {OLD}" in proc.output
+    [record] = world.records()
+    assert record["model"] == OLD and OLD in _command(vm)
+    assert _complete(record, world, record["served_model_name"]) == 200

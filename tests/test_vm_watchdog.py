@@ -365,3 +365,42 @@ def test_powered_on_again_after_a_power_off_gives_time_to_extend(
     doc = vm_watchdog.Doc.load(settings, 99_000.0)
     assert doc.status["phase"] == "watching"
     assert doc.state.extended_until is not None and doc.state.extended_until >= 99_060.0
+
+
+def test_extend_stops_where_the_deletion_credential_expires(
+    vm_root: Path, vllm: FakeVLLM, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _destroy_file(vm_root, vllm)
+    path = vm_root / "etc/maider/watchdog-destroy.json"
+    doc = json.loads(path.read_text())
+    now = __import__("time").time()
+    doc["expires_at"] = now + 3600  # the credential is refused after that: the VM could only power off
+    path.write_text(json.dumps(doc))
+    report = _main(capsys, "extend", "--seconds", str(3 * 3600))
+    limit = now + 3600 - vm_watchdog.CREDENTIAL_EXPIRY_MARGIN_S
+    assert report["state"]["extended_until"] == pytest.approx(limit, abs=2)
+    assert report["status"]["extend_capped_at"] == pytest.approx(limit, abs=2)
+
+
+def test_extend_is_refused_once_the_watchdog_acted(
+    vm_root: Path, vllm: FakeVLLM, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _tick(1000.0)
+    _tick(1001.0)
+    doc, _ = _tick(1000.0 + 3601)  # past the max lifetime
+    assert doc.status["phase"] == "destroying"
+    assert vm_watchdog.main(["extend", "--seconds", "600"]) == 1
+    assert "too late to extend" in capsys.readouterr().err
+
+
+def test_an_open_probe_window_defers_the_idle_rule_but_not_the_lifetime(
+    vm_root: Path, vllm: FakeVLLM, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _tick(1000.0)
+    _tick(1001.0)
+    _main(capsys, "probe-begin")  # `maider benchmark` runs: somebody is there
+    settings = vm_watchdog.load_settings() | {"probe_stale_s": 10**9}
+    doc, decision = vm_watchdog.tick(settings, 1001.0 + 61)
+    assert doc.status["phase"] in ("watching", "warned") and decision.action == "none"
+    doc, decision = vm_watchdog.tick(settings, 1000.0 + 3601)
+    assert doc.status["phase"] == "destroying" and doc.status["acted_reason"] == "max_lifetime"

@@ -257,15 +257,49 @@ def test_max_lifetime_deletes_even_under_traffic(world: World, cli: Any) -> None
 
 def test_powered_off_vm_is_deleted_at_once(world: World, cli: Any) -> None:
     """Power-off mode: the VM side could only power the VM off; the laptop deletes it."""
+    from maider.remote.commands import WATCHDOG_STATE_PATH
+
     world.set(MAIDER_IDLE_TIMEOUT_MINUTES="45")
     record = _up(world, cli)
     _stop_vm_side(world)
+    [vm] = world.farm.vms
+    # What the VM's service writes just before `systemctl poweroff`.
+    state_file = vm.path(WATCHDOG_STATE_PATH)
+    doc = json.loads(state_file.read_text())
+    doc["status"]["phase"] = "powering-off"
+    state_file.write_text(json.dumps(doc))
+    wait_until(
+        lambda: (
+            (_record(world, record["id"]).get("watchdog") or {}).get("last_seen", {}).get("phase")
+            == "powering-off"
+        ),
+        timeout=10,
+        what="the laptop side to read the VM side's phase",
+    )
     rec = _ledger(world, record)
     with world.sims[PID].lock:  # what the VM's `poweroff` looks like through the API
         rec.schedule(world.clock.now(), "offline")
     wait_until(lambda: not rec.alive, timeout=15, what="the laptop watchdog to delete the stopped VM")
     wait_until(lambda: _record(world, record["id"])["status"] == "deleted", timeout=10, what="record update")
     assert "powered it off" in _record(world, record["id"])["end_reason"]
+
+
+def test_a_vm_stopped_by_someone_else_is_kept_until_the_deadline(world: World, cli: Any) -> None:
+    """Host maintenance or the provider's console stopped it: no watchdog acted, so the laptop
+    does not delete it at once (the idle deadline still applies)."""
+    world.set(MAIDER_IDLE_TIMEOUT_MINUTES="45")
+    record = _up(world, cli)
+    _stop_vm_side(world)
+    rec = _ledger(world, record)
+    with world.sims[PID].lock:
+        rec.schedule(world.clock.now(), "offline")
+    wait_until(
+        lambda: "no watchdog acted" in _watchdog_log(world, record),
+        timeout=15,
+        what="the laptop side to notice",
+    )
+    time.sleep(1.0)  # a few more ticks
+    assert rec.alive and _record(world, record["id"])["status"] == "ready"
 
 
 def test_vm_side_acts_when_the_laptop_side_is_gone(world: World, cli: Any) -> None:
@@ -327,3 +361,23 @@ def test_second_start_is_a_no_op(world: World, cli: Any) -> None:
     assert _record(world, record["id"])["laptop_watchdog_pid"] == record["laptop_watchdog_pid"]
     assert _alive(record["laptop_watchdog_pid"])
     assert cli("down", "-y").exit_code == 0
+
+
+def test_a_failed_down_leaves_the_laptop_side_to_finish_the_delete(world: World, cli: Any) -> None:
+    """`down` got 503s (the delete may or may not have happened): the record is kept and the
+    laptop side, stopped for the delete, starts again and deletes the VM once the API answers."""
+    world.set(MAIDER_IDLE_TIMEOUT_MINUTES="45")
+    record = _up(world, cli)
+    first_pid = _record(world, record["id"])["laptop_watchdog_pid"]
+    sim = world.sims[PID]
+    sim.faults.add(method="DELETE", path="*/linode/instances/*", kind="503", times=None)
+    down = cli("down", "-y")
+    assert down.exit_code != 0 and "run `maider down" in down.stderr
+    again = _record(world, record["id"])
+    assert again["status"] == "deleting" and again["laptop_watchdog_pid"] not in (None, first_pid)
+    assert _alive(again["laptop_watchdog_pid"])
+    sim.faults.clear()
+    rec = _ledger(world, record)
+    wait_until(lambda: not rec.alive, timeout=20, what="the laptop side to finish the delete")
+    wait_until(lambda: _record(world, record["id"])["status"] == "deleted", timeout=10, what="record update")
+    assert "finishing a `maider down`" in _record(world, record["id"])["end_reason"]

@@ -387,3 +387,45 @@ def test_a_failed_mint_warns_and_up_still_succeeds_in_poweroff_mode(
     assert "STILL BILLS" in up.stdout
     down = cli("down", "-y")
     assert down.exit_code == 0, down.output
+
+
+def test_a_failed_up_revokes_the_credential_it_minted(world: World, cli: Any) -> None:
+    """vLLM never starts (the model does not exist): `up` deletes the VM and the Linode token it
+    minted for the watchdog, which could otherwise manage every Linode until it expires."""
+    from tests.vmsim import VLLMFailure
+
+    pid = "linode"
+    require_providers(pid)
+    sim = world.sim(pid)
+    world.set(**FAST)
+    world.farm.configure_next(vllm_failure=VLLMFailure.model_not_found())
+    region, type_id = SETUPS[pid]
+    up = cli("up", "-p", pid, "-r", region, "-t", type_id)
+    assert up.exit_code != 0 and "was deleted" in up.output, up.output
+    minted = list(sim.tokens.values())  # type: ignore[attr-defined]
+    assert minted, "up got as far as minting the watchdog's token"
+    assert not any(token.active(sim.clock.now()) for token in minted)
+    assert world.records() == [] and world.alive(pid) == []
+
+
+def test_cleanup_keeps_a_self_deleted_session_while_its_disk_still_bills(world: World, cli: Any) -> None:
+    """Scaleway: the VM terminated itself and left its Block Storage root volume. While deleting
+    that volume fails, neither `list` nor `cleanup` forgets the session (the record is the last
+    thing that knows the volume bills); once it works, the volume goes and then the record."""
+    pid = "scaleway"
+    require_providers(pid)
+    _, rec = _up(world, cli, pid)
+    _wait("the VM deletes itself", lambda: not rec.alive, 40)
+    sim = world.sim(pid)
+    assert sim.ledger.leaked_volumes() != []
+    sim.faults.add(method="DELETE", path="*/volumes/*", kind="503", times=None)
+    assert cli("list", "--json").exit_code == 0
+    [after] = world.records()
+    assert after["status"] == "deleted" and "disk may still bill" in (after.get("last_error") or "")
+    kept = cli("cleanup", "-y")
+    assert kept.exit_code == 0, kept.output
+    assert len(world.records()) == 1 and sim.ledger.leaked_volumes() != []
+    sim.faults.clear()
+    done = cli("cleanup", "-y")
+    assert done.exit_code == 0, done.output
+    assert world.records() == [] and sim.ledger.leaked_volumes() == []

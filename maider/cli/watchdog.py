@@ -31,7 +31,13 @@ def extend(name: ExtendName = None, minutes: Minutes = 60.0) -> None:
     label = result.record.label
     until = result.laptop_until
     if until is not None:
-        capped = f"; capped at {lw.MAX_EXTEND_MINUTES / 60:g} h from now" if result.capped else ""
+        capped = (
+            "; capped where the VM's deletion credential expires: for longer, `maider up` a new session"
+            if result.credential_cap
+            else f"; capped at {lw.MAX_EXTEND_MINUTES / 60:g} h from now"
+            if result.capped
+            else ""
+        )
         acts = (
             f"; then it acts at {lw.hhmm(result.acts_at)} unless there is traffic"
             if result.acts_at is not None and result.acts_at > until

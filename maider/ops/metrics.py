@@ -271,8 +271,9 @@ def snapshot_from_exposition(expo: Exposition) -> MetricsSnapshot:
 def parse_metrics(text: str) -> MetricsSnapshot:
     """vLLM's ``/metrics`` text → :class:`MetricsSnapshot`. Raises :class:`MetricsParseError`.
 
-    A caller that cannot parse a scrape knows nothing about activity: it must not count that as
-    idle time (the watchdog keeps the previous good snapshot and tries again).
+    A caller that cannot parse a scrape learns nothing about activity from it: it keeps the
+    previous good snapshot as its baseline. The on-VM watchdog lets idle time run meanwhile (a vLLM
+    that does not answer serves nobody); the laptop side treats it as no signal either way.
     """
     return snapshot_from_exposition(parse_exposition(text))
 

@@ -204,6 +204,7 @@ def new_status() -> dict[str, Any]:
         "acted_at": None,
         "acted_reason": None,
         "delete_failing_since": None,
+        "extend_capped_at": None,  # `extend` stopped where the deletion credential expires
     }
 
 
@@ -411,8 +412,9 @@ def tick(settings: dict[str, Any], now: float) -> tuple[Doc, Any]:
     """One round: observe, decide, warn, persist. Returns the document and the decision."""
     with locked():
         doc = Doc.load(settings, now)
+        probe_window = probe_open(doc.status, settings, now)
         if doc.status["phase"] in ("watching", "warned"):
-            observe(doc, settings, now, judge=not probe_open(doc.status, settings, now))
+            observe(doc, settings, now, judge=not probe_window)
         decision = policy.decide(doc.config, doc.state, now)
         if decision.action == "none" and doc.status["phase"] == "warned":
             doc.status["phase"] = "watching"  # activity or an extension moved the deadline
@@ -426,6 +428,14 @@ def tick(settings: dict[str, Any], now: float) -> tuple[Doc, Any]:
             )
             log(message)
             wall(message)
+        if decision.action == "destroy" and decision.reason == "idle" and probe_window:
+            # maider itself is sending requests (a benchmark, `maider check`): somebody is there.
+            # The lifetime rule still holds.
+            lifetime_at = policy.deadlines(doc.config, doc.state)["max_lifetime"]
+            if lifetime_at <= now:
+                decision = policy.Decision("destroy", "max_lifetime", lifetime_at, 0.0)
+            else:
+                decision = policy.Decision("none", "max_lifetime", lifetime_at, lifetime_at - now)
         if decision.action == "destroy" and doc.status["phase"] in ("watching", "warned"):
             doc.status["phase"] = "destroying"
             doc.status["acted_at"] = now
@@ -528,13 +538,34 @@ def cmd_status(settings: dict[str, Any]) -> dict[str, Any]:
     return Doc.load(settings, now).report(now)
 
 
+#: An extension ends this long before the deletion credential expires, so the calls still work.
+CREDENTIAL_EXPIRY_MARGIN_S = 15 * 60
+
+
 def cmd_extend(settings: dict[str, Any], seconds: float) -> dict[str, Any]:
     if not (math.isfinite(seconds) and seconds > 0):
         raise WatchdogError(f"--seconds must be positive, not {seconds}")
     now = time.time()
     with locked():
         doc = Doc.load(settings, now)
+        if doc.status["phase"] not in ("watching", "warned"):
+            raise WatchdogError(f"too late to extend: the watchdog already acted ({doc.status['phase']})")
         doc.state = policy.extend(doc.state, now, seconds / 60, config=doc.config)
+        credential = load_destroy()
+        expires = credential.get("expires_at") if credential else None
+        if isinstance(expires, (int, float)) and doc.state.extended_until is not None:
+            limit = float(expires) - CREDENTIAL_EXPIRY_MARGIN_S
+            if doc.state.extended_until > limit:
+                # Past the credential's expiry the deletion would be refused and the VM would only
+                # power off (still billed): keep the promise the credential can keep.
+                doc.state = policy.WatchdogState(
+                    started_at=doc.state.started_at,
+                    last_activity_at=doc.state.last_activity_at,
+                    extended_until=max(limit, now),
+                    warned_for=doc.state.warned_for,
+                )
+                doc.status["extend_capped_at"] = limit
+                log("extension capped where the deletion credential expires")
         if doc.status["phase"] == "warned":
             doc.status["phase"] = "watching"
         doc.save()

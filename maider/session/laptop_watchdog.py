@@ -181,7 +181,12 @@ def is_running(record: SessionRecord) -> bool:
     if pid is None:
         return False
     token = start_token(pid)
-    return token is not None and (record.laptop_watchdog_started in (None, token))
+    # Without the start token recorded, a live pid may be anybody's (pids are reused).
+    return token is not None and record.laptop_watchdog_started == token
+
+
+#: Record field: the working directory of the `up` that started the session.
+WORKDIR_FIELD = "workdir"
 
 
 def start(store: SessionStore, record: SessionRecord, settings: MaiderSettings) -> int:
@@ -190,6 +195,12 @@ def start(store: SessionStore, record: SessionRecord, settings: MaiderSettings) 
         assert record.laptop_watchdog_pid is not None
         return record.laptop_watchdog_pid
     init_state(store, record, settings)
+    # The directory `up` ran in: the process reads ./.env from there, also when `extend` or a
+    # failed `down` restarts it from elsewhere.
+    workdir = (record.model_extra or {}).get(WORKDIR_FIELD)
+    if not (isinstance(workdir, str) and Path(workdir).is_dir()):
+        workdir = str(Path.cwd())
+        store.mutate(record.id, lambda data: data.update({WORKDIR_FIELD: workdir}))
     path = log_path(store, record.id)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
@@ -211,6 +222,7 @@ def start(store: SessionStore, record: SessionRecord, settings: MaiderSettings) 
             stderr=fd,
             start_new_session=True,
             close_fds=True,
+            cwd=workdir,
         )
     finally:
         os.close(fd)
@@ -309,6 +321,12 @@ class Watcher:
         record = self.store.get(self.session_id)
         if self.destroying is not None:
             return self._destroy(record, self.destroying)
+        if record.status is SessionStatus.DELETING:
+            # `maider down` sent a delete it could not confirm (or got an error): finish it, as
+            # the user asked, instead of leaving a VM that may still bill.
+            return self._destroy(
+                record, "deleted by the laptop watchdog: finishing a `maider down` that failed"
+            )
         if record.status is not SessionStatus.READY:
             log.info("session %s is %s: nothing to watch, exiting", record.label, record.status.value)
             return True
@@ -328,14 +346,23 @@ class Watcher:
         if vm_status is InstanceStatus.DELETED:
             self._vanished(record, config, state, now)
             return True
-        if vm_status in (InstanceStatus.STOPPING, InstanceStatus.STOPPED):
-            # Power-off mode: the VM side had no credential to delete itself, so it powered off.
-            # A stopped VM still bills on most clouds (and keeps its disk): delete it now.
-            return self._destroy(
-                record,
-                "deleted by the laptop watchdog: the VM's watchdog had powered it off (a stopped VM still bills)",
-            )
         decision = policy.decide(config, state, now)
+        if vm_status in (InstanceStatus.STOPPING, InstanceStatus.STOPPED):
+            if decision.action == "destroy" or _vm_side_acted(record, now):
+                # Power-off mode: the VM side had no credential to delete itself, so it powered
+                # off. A stopped VM still bills on most clouds (and keeps its disk): delete it now.
+                return self._destroy(
+                    record,
+                    "deleted by the laptop watchdog: the VM's watchdog had powered it off (a stopped VM "
+                    "still bills)",
+                )
+            # Host maintenance, the provider's console, a reboot: not a watchdog's doing. The
+            # idle rule still applies (a stopped VM serves nobody), so it goes at the deadline.
+            log.warning(
+                "the VM is %s but no watchdog acted (maintenance? the provider's console?); it still "
+                "bills and is deleted at the watchdog's deadline unless used again",
+                vm_status.value,
+            )
         if policy.needs_warning(state, decision):
             self._warn(record, config, decision)
             merge_state(self.store, record.id, warned_for=decision.at)
@@ -467,6 +494,11 @@ def why_gone(
     return reason, dt.datetime.fromtimestamp(ended, dt.timezone.utc)
 
 
+def has_state(store: SessionStore, session_id: str) -> bool:
+    """Whether the session has a laptop side's state file (readable or not)."""
+    return state_path(store, session_id).exists()
+
+
 def explain_gone(
     store: SessionStore, record: SessionRecord, *, due_only: bool = False
 ) -> tuple[str, dt.datetime] | None:
@@ -500,6 +532,8 @@ class Extension:
     #: When the watchdog acts now, and why.
     acts_at: float | None
     reason: str | None
+    #: The VM capped the extension where its deletion credential expires.
+    credential_cap: bool = False
 
 
 def check_minutes(minutes: float) -> None:
@@ -508,6 +542,20 @@ def check_minutes(minutes: float) -> None:
             f"--minutes must be between {MIN_EXTEND_MINUTES:g} and {MAX_EXTEND_MINUTES:g} (an extension reaches "
             f"at most {MAX_EXTEND_MINUTES / 60:g} h ahead), not {minutes:g}"
         )
+
+
+def _vm_side_acted(record: SessionRecord, now: float) -> bool:
+    """Whether the VM's watchdog was last seen acting, or its last known deadline has passed."""
+    from maider.session import watchdog
+
+    info = watchdog.facts(record)
+    seen = info.get("last_seen") or {}
+    if seen.get("phase") in ("destroying", "destroyed", "powering-off"):
+        return True
+    if not info.get("enabled"):
+        return False
+    acts_at = watchdog.recorded_view(record, info).acts_at
+    return acts_at is not None and acts_at.timestamp() <= now
 
 
 def _vm_side_enabled(record: SessionRecord) -> bool:
@@ -541,16 +589,16 @@ def extend(
             f"session {record.label} is {record.status.value}: only a ready session can be extended"
         )
     vm_error: str | None = None
+    vm_until: float | None = None
     if vm_side:
-        vm_extend = getattr(watchdog, "extend", None)
         try:
-            if vm_extend is None:
-                raise MaiderError("this maider cannot extend the VM-side watchdog")
-            vm_extend(store, record, minutes * 60)
+            vm_view = watchdog.extend(store, record, minutes * 60)
         except Exception as exc:
             vm_error = str(exc) or type(exc).__name__
+        else:
+            vm_until = vm_view.extended_until.timestamp() if vm_view.extended_until else None
     laptop_until: float | None = None
-    capped = False
+    capped = credential_cap = False
     acts_at: float | None = None
     reason: str | None = None
     if local is not None:
@@ -566,10 +614,15 @@ def extend(
         capped = laptop_until is not None and laptop_until < wanted - 1
         decision = policy.decide(config, extended, now)
         acts_at, reason = decision.at, decision.reason
+        if vm_until is not None and laptop_until is not None and vm_until < laptop_until - 1:
+            # The VM stopped short (its deletion credential expires): its deadline is the one.
+            laptop_until, capped, credential_cap = vm_until, True, True
         if not is_running(record):
             # The laptop slept or rebooted: the extension is only kept if something reads it.
             start(store, record, settings or load_settings())
-    return Extension(store.get(record.id), laptop_until, capped, vm_side, vm_error, acts_at, reason)
+    return Extension(
+        store.get(record.id), laptop_until, capped, vm_side, vm_error, acts_at, reason, credential_cap
+    )
 
 
 # ------------------------------------------------------------------------------------ list/status

@@ -897,6 +897,11 @@ class _Up:
             _forget(store, session_id)
             return "nothing was created"
         tag = _session_tag(session_id)
+        try:
+            # The watchdog's credential, if one was minted: revoked once the VM is deleted.
+            minted = store.get(session_id)
+        except Exception:
+            minted = None
         # A create that timed out, was cut off or interrupted may still be carried out by the
         # provider after any lookup: then the record stays (without an instance), so a VM that
         # appears later carries a tag maider knows; `maider cleanup` forgets it once none does.
@@ -950,6 +955,8 @@ class _Up:
                 f"deleting the VM {', '.join(ids)} FAILED ({exc}): it may still bill. The session record is "
                 f"kept; run `maider down {label}` to retry"
             )
+        if minted is not None:
+            watchdog.revoke(provider, minted, self.reporter)
         if uncertain:
             _safe_update(
                 store,
@@ -1256,7 +1263,7 @@ def down(
         raise DownFailed(f"cannot delete session {label}'s VM: {exc}; the session record is kept") from None
     if record.status is SessionStatus.DELETED:  # a watchdog deleted it: only the record is left
         problem = release_leftovers(provider, record, reporter)
-        if problem is not None and "disk may still bill" in problem:
+        if problem is not None and DISK_MAY_BILL in problem:
             store.update(record.id, last_error=problem)
             raise DownFailed(
                 f"session {label}: {problem}; the session record is kept: run `maider down {label}` again"
@@ -1267,8 +1274,17 @@ def down(
         return DownResult(record, [], ran, record.final_cost, currency)
     from maider.session import laptop_watchdog
 
-    laptop_watchdog.stop(store, record)  # before the tunnel closes: it must not act meanwhile
+    watched = laptop_watchdog.stop(store, record)  # before the tunnel closes: it must not act meanwhile
     previous = record.status
+
+    session_id = record.id
+
+    def keep_watching() -> None:
+        """`down` failed: the VM may still bill, so the laptop side goes on (and retries a delete)."""
+        if watched and settings.watchdog:
+            with contextlib.suppress(Exception):
+                laptop_watchdog.start(store, store.get(session_id), settings)
+
     reporter.phase("tunnel", "closing the tunnel")
     close_session_ssh(store, record)
     reporter.phase("delete", f"deleting the VM on {provider.display_name}")
@@ -1294,6 +1310,7 @@ def down(
                 store.update(record.id, last_error=f"down failed: {exc}")
             else:
                 store.update(record.id, status=previous, last_error=f"down failed: {exc}")
+            keep_watching()
             raise DownFailed(
                 f"deleting session {label}'s VM failed: {exc}. The VM may still bill and the session record "
                 f"is kept: run `maider down {label}` again"
@@ -1302,6 +1319,7 @@ def down(
             wait_gone(provider, ids, timeouts, reporter)
         except (ProviderError, _StepFailed) as exc:
             store.update(record.id, last_error=f"delete requested, not confirmed: {exc}")
+            keep_watching()
             raise DownFailed(
                 f"{provider.display_name} accepted the deletion of {', '.join(ids)} but maider could not confirm "
                 f"it is gone ({exc}); the session record is kept: run `maider down {label}` again to check"
@@ -1315,6 +1333,10 @@ def down(
     else:
         store.delete(record.id)
     return DownResult(record, ids, seconds, cost, currency)
+
+
+#: In :func:`release_leftovers`' answer: something may still bill, so the record must stay.
+DISK_MAY_BILL = "its disk may still bill"
 
 
 def release_leftovers(
@@ -1333,7 +1355,7 @@ def release_leftovers(
             provider.delete_instance(record.instance_id)
         except ProviderError as exc:
             problems.append(
-                f"deleting what is left of VM {record.instance_id} (its disk may still bill) failed: {exc}"
+                f"deleting what is left of VM {record.instance_id} ({DISK_MAY_BILL}) failed: {exc}"
             )
     if not watchdog.revoke(provider, record, reporter or NullReporter()):
         problems.append("revoking the watchdog's credential failed (it expires by itself)")
@@ -1593,7 +1615,7 @@ def _explain_gone(
     record = view.record
     if record.status is SessionStatus.READY and record.instance_id is not None:
         why = laptop_watchdog.explain_gone(store, record, due_only=not confirmed)
-        if why is None:
+        if why is None and not laptop_watchdog.has_state(store, record.id):
             # No laptop side to ask (it never ran, or its state is gone): the VM side's facts.
             why = watchdog.gone_reason(record, due_only=not confirmed)
         if why is None:
@@ -1700,7 +1722,16 @@ def cleanup(
             by_provider.setdefault(orphan.provider, []).append(orphan.instance.id)
         for pid, ids in by_provider.items():
             wait_gone(providers.get(pid), ids, timeouts, reporter)
+    dropped: list[SessionRecord] = []
     for record in gone:
+        # What a self-deleted VM leaves (Scaleway's root volume) is released before the record,
+        # the last thing that knows about it, goes.
+        problem = release_leftovers(providers.get(record.provider), record, reporter)
+        if problem is not None and DISK_MAY_BILL in problem:
+            store.update(record.id, last_error=problem)
+            skipped.append(f"{record.label}: {problem}")
+            continue
         close_session_ssh(store, record)
         store.delete(record.id)
-    return CleanupResult(deleted, gone, skipped)
+        dropped.append(record)
+    return CleanupResult(deleted, dropped, skipped)

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 from maider.errors import MaiderError
 from maider.remote import commands, ssh
-from maider.session.healing import Healer, Stack, VLLMNotReady, apply_stack, wait_ready
+from maider.session import watchdog
+from maider.session.healing import Healer, Stack, apply_stack, wait_ready
 from maider.session.state import SessionRecord, SessionStatus, SessionStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,6 +37,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class SwitchFailed(MaiderError):
     """The new model never became ready (the message says whether the rollback worked)."""
+
+
+class SwitchInterrupted(SwitchFailed):
+    """Ctrl-C (or SIGTERM) during the switch; the rollback ran (see the message)."""
+
+    exit_code = 130
 
 
 @dataclass
@@ -138,10 +145,21 @@ def switch_model(
         )
 
     try:
-        apply_stack(target, new, secrets=secrets)
-        reporter.phase("vllm", f"waiting for vLLM to serve {new.served_name}")
-        wait(record.api_port or 0, healer, new.served_name)
-    except (VLLMNotReady, ssh.SSHError) as exc:
+        # A probe window: while maider itself works on the VM, the on-VM watchdog does not
+        # destroy it for being idle (the model is loading; the user is right there).
+        with watchdog.probe_window(store, record):
+            apply_stack(target, new, secrets=secrets)
+            reporter.phase("vllm", f"waiting for vLLM to serve {new.served_name}")
+            wait(record.api_port or 0, healer, new.served_name)
+    except KeyboardInterrupt:
+        # The VM may already run the new compose file while the record names the old model: put
+        # the old one back (a second Ctrl-C is only warned about meanwhile).
+        with lifecycle._shielded_from_interrupts(reporter):
+            try:
+                _roll_back(store, record, target, old, secrets, reporter, wait, failure="interrupted")
+            except SwitchFailed as exc:
+                raise SwitchInterrupted(str(exc)) from None
+    except MaiderError as exc:  # not ready, SSH, the tunnel: all end in the previous model
         _roll_back(store, record, target, old, secrets, reporter, wait, failure=str(exc))
     updated = store.update(record.id, **healer.stack.record_fields(), last_error=None)
     files = _aider_files(store, updated, spec.params_b, aider_dir, reporter)
@@ -165,7 +183,7 @@ def _roll_back(
     try:
         apply_stack(target, old, secrets=secrets)
         wait(current.api_port or 0, None, old.served_name)
-    except (VLLMNotReady, ssh.SSHError) as exc:
+    except MaiderError as exc:
         store.update(record.id, last_error=f"switch-model failed and so did the rollback: {exc}")
         raise SwitchFailed(
             f"the new model did not start ({failure}), and rolling back to {old.model_id} failed too ({exc}); "

@@ -38,7 +38,7 @@ MODE_DELETE = "delete"
 MODE_POWEROFF = "poweroff"
 #: The deletion credential outlives the max lifetime by this much: the VM's last chance to act
 #: (the watchdog powers off at most ``POWEROFF_MARGIN_S`` after its deadline).
-CREDENTIAL_MARGIN_S = 2 * 3600.0
+CREDENTIAL_MARGIN_S = 4 * 3600.0
 #: How long the VM retries failing deletion calls before it powers off instead.
 DESTROY_RETRY_S = 600.0
 #: How long past an accepted deletion the VM waits before powering itself off anyway.
@@ -175,12 +175,17 @@ def install(
         )
         destruct = None
     if destruct is not None:
+        if destruct.revoke_handle:
+            # Before anything else can fail or be interrupted: whoever cleans up can revoke it.
+            _save_facts(store, record.id, {"revoke_handle": destruct.revoke_handle})
         secrets = [*destruct.secrets, *(v for c in destruct.calls for v in c.headers.values())]
         payload = json.dumps(
             {
                 "credential": destruct.credential,
                 "calls": [c.to_dict() for c in destruct.calls],
                 "secrets": list(destruct.secrets),
+                # The VM caps `maider extend` here: past it, the calls would be refused.
+                "expires_at": destruct.expires_at.timestamp() if destruct.expires_at else None,
             }
         )
         try:
@@ -354,11 +359,12 @@ def view(store: SessionStore, record: SessionRecord, *, live: bool = True) -> Wa
         else:
             _remember(store, record, current)
             return current
-    return _recorded_view(record, info)
+    return recorded_view(record, info)
 
 
-def _recorded_view(record: SessionRecord, info: dict[str, Any]) -> WatchdogView:
-    """The record's last reading of the VM side (else the lifetime rule's deadline)."""
+def recorded_view(record: SessionRecord, info: dict[str, Any] | None = None) -> WatchdogView:
+    """The record's last reading of the VM side (else the lifetime rule's deadline); no I/O."""
+    info = facts(record) if info is None else info
     seen = info.get("last_seen") or {}
     acts_at = _parse_time(seen.get("acts_at"))
     reason = seen.get("reason")
@@ -429,6 +435,11 @@ def probe_window(store: SessionStore, record: SessionRecord) -> Iterator[ProbeUs
                 usage.notes.append(
                     f"closing the watchdog's probe window failed ({exc}); it closes itself later"
                 )
+        if usage.notes:
+            from maider.output import warn
+
+            for note in usage.notes:
+                warn(note)
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,7 +465,7 @@ def acted_reason(record: SessionRecord, now: dt.datetime | None = None) -> str:
 
 def gone_reason(record: SessionRecord, *, due_only: bool = False) -> tuple[str, dt.datetime] | None:
     """Why a READY session's VM is gone when its on-VM watchdog removed it: ("deleted by the
-    watchdog on the VM (idle)", when), for ``list``/``status`` (None: the session has none).
+    VM's watchdog: idle", when), for ``list``/``status`` (None: the session has none).
 
     ``due_only`` (``list``, where a VM missing from one listing is not proof): only when the
     last known deadline has passed; otherwise None, and the VM stays "gone" for ``status`` or
@@ -465,17 +476,17 @@ def gone_reason(record: SessionRecord, *, due_only: bool = False) -> tuple[str, 
         return None
     now = dt.datetime.now(dt.timezone.utc)
     if due_only:
-        acts_at = _recorded_view(record, info).acts_at
+        acts_at = recorded_view(record, info).acts_at
         if acts_at is None or acts_at > now:
             return None
-    return f"deleted by the watchdog on the VM ({acted_reason(record, now)})", now
+    return f"deleted by the VM's watchdog: {acted_reason(record, now)}", now
 
 
 def note_vm_state(store: SessionStore, record: SessionRecord, vm_state: str | None) -> SessionRecord:
     """Update the record of a READY session whose VM the on-VM watchdog deleted or powered off.
 
     ``vm_state`` is what the provider says (``survey``'s ``SessionView.vm_state``): "gone" →
-    status ``deleted`` with ``end_reason`` "deleted by the watchdog on the VM (idle)"
+    status ``deleted`` with ``end_reason`` "deleted by the VM's watchdog: idle"
     (:func:`maider.session.lifecycle.record_ended`); "stopped" → ``last_error`` says it powered
     off and whether it still bills (the status stays, so ``down`` deletes it). Any other record
     is returned unchanged.
