@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maider.plan import Plan
+
+if TYPE_CHECKING:
+    from maider.provider import Provider
 
 SESSION_TAG = "maider"
 
@@ -44,6 +47,16 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             "image": plan.settings.vllm_image,
             "args": vllm.to_args(),
         },
+        "watchdog": {
+            "enabled": plan.settings.watchdog,
+            "idle_timeout_minutes": plan.settings.idle_timeout_minutes,
+            "max_lifetime_hours": plan.settings.max_lifetime_hours,
+            "warn_minutes": plan.settings.watchdog_warn_minutes,
+            "credential": provider.self_destruct_plan() if plan.settings.watchdog else None,
+            "mode": ("delete" if provider.self_destruct_plan() else "poweroff")
+            if plan.settings.watchdog
+            else None,
+        },
         "open_webui": {"enabled": plan.settings.enable_openwebui, "image": plan.settings.openwebui_image},
         "image": provider.default_image(plan.vm_type),
         "ssh_key": {
@@ -55,6 +68,31 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "credentials_configured": provider.has_credentials(),
         "chosen": plan.chosen,
     }
+
+
+def watchdog_lines(plan: Plan, provider: Provider) -> list[str]:
+    """What the idle watchdog of this plan will do, and with which credential (no I/O)."""
+    settings = plan.settings
+    if not settings.watchdog:
+        return ["no idle watchdog (watchdog = false): nothing deletes the VM until `maider down`"]
+    rules = (
+        f"deletes it after {settings.idle_timeout_minutes:g} min without inference requests or "
+        f"{settings.max_lifetime_hours:g} h after start (even in use); warns "
+        f"{settings.watchdog_warn_minutes:g} min before"
+    )
+    credential = provider.self_destruct_plan()
+    how = (
+        f"it deletes with {credential}"
+        if credential
+        else "no deletion credential here: the VM powers itself off"
+        + ("" if provider.poweroff_stops_billing else " (still billed)")
+        + " and the process on this machine deletes it"
+    )
+    return [
+        f"an idle watchdog on the VM: {rules}",
+        f"  {how}",
+        "a watchdog process on this machine (the second line; `maider extend` postpones both)",
+    ]
 
 
 def print_plan(plan: Plan) -> None:
@@ -123,6 +161,8 @@ def print_plan(plan: Plan) -> None:
     c.print(
         "  • cloud-init user-data with the compose stack (no secrets: the HF token goes over SSH after boot)"
     )
+    for line in watchdog_lines(plan, provider):
+        c.print(f"    {line}" if line.startswith(" ") else f"  • {line}", markup=False, highlight=False)
     c.print("  • an SSH tunnel to free local ports for the vLLM API and Open WebUI")
     c.print("  • aider files in this directory: .aider.model.metadata.json, .aider.model.settings.yml")
 

@@ -486,6 +486,11 @@ class Provider(ABC):
         """
         return None
 
+    def self_destruct_plan(self) -> str | None:
+        """What :meth:`self_destruct` would use, in one phrase, without any I/O (``up --dry-run``
+        shows it); None when it would return None (the VM then powers off instead)."""
+        return None
+
     def revoke_self_destruct(self, handle: str) -> None:
         """Revoke the credential :meth:`self_destruct` minted (its ``revoke_handle``). Idempotent."""
         return None

@@ -253,6 +253,8 @@ class ProviderContract:
 
     def _self_destruct_or_skip(self, provider: Provider, vm: VMInstance, valid_for_s: float) -> SelfDestruct:
         destruct = provider.self_destruct(vm, valid_for_s=valid_for_s, label=self.watchdog_label)
+        # `up --dry-run` promises what `up` then does.
+        assert (provider.self_destruct_plan() is None) == (destruct is None), provider.self_destruct_plan()
         if destruct is None:
             provider.delete_instance(vm.id)
             pytest.skip(f"{provider.id} has no self-destruct credential here (the watchdog powers off)")

@@ -404,3 +404,35 @@ def test_an_open_probe_window_defers_the_idle_rule_but_not_the_lifetime(
     assert doc.status["phase"] in ("watching", "warned") and decision.action == "none"
     doc, decision = vm_watchdog.tick(settings, 1000.0 + 3601)
     assert doc.status["phase"] == "destroying" and doc.status["acted_reason"] == "max_lifetime"
+
+
+@pytest.mark.parametrize(
+    ("provider", "env", "says"),
+    [
+        ("linode", {}, "Linode token minted for the session (linodes:read_write only"),
+        ("scaleway", {}, "Scaleway IAM key minted for the session"),
+        ("digitalocean", {}, "the VM powers itself off (still billed)"),
+        (
+            "digitalocean",
+            {"MAIDER_DIGITALOCEAN_WATCHDOG_TOKEN": "dop_v1_scoped_watchdog"},
+            "your MAIDER_DIGITALOCEAN",
+        ),
+        ("linode", {"MAIDER_WATCHDOG": "false"}, "no idle watchdog (watchdog = false)"),
+    ],
+)
+def test_the_dry_run_says_what_the_watchdog_will_do_and_hold(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, provider: str, env: dict[str, str], says: str
+) -> None:
+    from tests.conftest import require_providers
+
+    require_providers(provider)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MAIDER_IDLE_TIMEOUT_MINUTES", "20")
+    result = cli("up", "--dry-run", "-p", provider)
+    assert result.exit_code == 0, result.output
+    assert says in result.stdout
+    if "MAIDER_WATCHDOG" not in env:
+        assert "deletes it after 20 min without inference requests or 8 h after start" in result.stdout
+    plan = json.loads(cli("up", "--dry-run", "--json", "-p", provider).stdout)
+    assert plan["watchdog"]["enabled"] is ("MAIDER_WATCHDOG" not in env)

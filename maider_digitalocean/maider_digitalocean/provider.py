@@ -341,6 +341,12 @@ class DigitalOceanProvider(Provider):
 
     # -- the watchdog's credential -------------------------------------------------------------
 
+    def self_destruct_plan(self) -> str | None:
+        token = self._settings.watchdog_token
+        if token is None or not token.get_secret_value().strip():
+            return None
+        return "your MAIDER_DIGITALOCEAN_WATCHDOG_TOKEN (copied to the VM)"
+
     def self_destruct(self, instance: VMInstance, *, valid_for_s: float, label: str) -> SelfDestruct | None:
         """``DELETE /v2/droplets/{id}`` with the user's ``watchdog_token``; None without one.
 

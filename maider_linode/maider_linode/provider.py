@@ -333,6 +333,9 @@ class LinodeProvider(Provider):
 
         return (self._settings.api_url or DEFAULT_API_URL).rstrip("/")
 
+    def self_destruct_plan(self) -> str:
+        return "a Linode token minted for the session (linodes:read_write only, expiring, revoked at `down`)"
+
     def self_destruct(self, instance: VMInstance, *, valid_for_s: float, label: str) -> SelfDestruct:
         """Mint a personal access token with only ``linodes:read_write`` that expires after
         ``valid_for_s``; the VM deletes itself with ``DELETE /linode/instances/{id}``."""

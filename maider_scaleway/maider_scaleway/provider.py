@@ -674,6 +674,9 @@ class ScalewayProvider(Provider):
 
     # -- the watchdog's credential -----------------------------------------------------------
 
+    def self_destruct_plan(self) -> str:
+        return "a Scaleway IAM key minted for the session (InstancesFullAccess on this project, expiring)"
+
     def self_destruct(self, instance: VMInstance, *, valid_for_s: float, label: str) -> SelfDestruct:
         """Mint an IAM application whose only policy is InstancesFullAccess on the server's
         project, and an API key for it that expires after ``valid_for_s``. The VM terminates
