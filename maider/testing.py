@@ -258,6 +258,7 @@ class ProviderContract:
         if destruct is None:
             provider.delete_instance(vm.id)
             pytest.skip(f"{provider.id} has no self-destruct credential here (the watchdog powers off)")
+        assert destruct is not None  # pytest.skip raises; said for type checkers without pytest
         return destruct
 
     def test_self_destruct_deletes_the_vm(self, provider: Provider, cloud: CloudDouble) -> None:
@@ -302,12 +303,14 @@ class ProviderContract:
     ) -> None:
         vm = self.wait_running(provider, cloud, provider.create_instance(self.spec(provider)).id)
         destruct = self._self_destruct_or_skip(provider, vm, valid_for_s=3600)
-        if destruct.revoke_handle is None:
+        handle = destruct.revoke_handle
+        if handle is None:
             provider.delete_instance(vm.id)
             pytest.skip("nothing to revoke: the credential is the user's own")
-        provider.revoke_self_destruct(destruct.revoke_handle)
+        assert handle is not None  # pytest.skip raises; said for type checkers without pytest
+        provider.revoke_self_destruct(handle)
         statuses = run_self_destruct(destruct)
         assert statuses and statuses[-1] in (401, 403), statuses
         assert vm.id in cloud.running_ids()
         self.delete_and_confirm(provider, cloud, vm.id)
-        provider.revoke_self_destruct(destruct.revoke_handle)  # gone already: not an error
+        provider.revoke_self_destruct(handle)  # gone already: not an error
