@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from maider.errors import MaiderError
 from maider.remote import commands, ssh
+from maider.session.lifecycle import local_opener
 from maider.session.state import SessionRecord, SessionStatus, SessionStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,11 +95,6 @@ class OpsError(MaiderError):
 # ------------------------------------------------------------------------------------ the link
 
 
-def _opener() -> urllib.request.OpenerDirector:
-    # No proxies: the tunnel's local end is on 127.0.0.1, and HTTP(S)_PROXY would send it elsewhere.
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 @dataclass
 class SessionLink:
     """A ready session: its record, the local tunnel port of vLLM, its API key, its SSH target."""
@@ -124,7 +120,7 @@ class SessionLink:
         headers = {"Authorization": f"Bearer {self.api_key}"} if auth else {}
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=headers)
         try:
-            with _opener().open(request, timeout=timeout) as response:
+            with local_opener().open(request, timeout=timeout) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -239,7 +235,7 @@ def stream_completion(
     usage: dict[str, Any] = {}
     error: str | None = None
     try:
-        with _opener().open(request, timeout=timeout) as response:
+        with local_opener().open(request, timeout=timeout) as response:
             for raw in response:
                 line = raw.decode("utf-8", "replace").strip()
                 if not line.startswith("data:"):

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from maider.errors import MaiderError
 from maider.ops import watchdog_policy as policy
+from maider.session import watchdog
 from maider.session.state import SessionNotFound, SessionRecord, SessionStatus, SessionStore, atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,14 +75,6 @@ class ExtendFailed(MaiderError):
 
 
 # ------------------------------------------------------------------------------------ state file
-
-
-def config_from_settings(settings: MaiderSettings) -> policy.WatchdogConfig:
-    return policy.WatchdogConfig(
-        idle_timeout_s=settings.idle_timeout_minutes * 60,
-        max_lifetime_s=settings.max_lifetime_hours * 3600,
-        warn_before_s=settings.watchdog_warn_minutes * 60,
-    )
 
 
 def state_path(store: SessionStore, session_id: str) -> Path:
@@ -118,7 +111,7 @@ def init_state(store: SessionStore, record: SessionRecord, settings: MaiderSetti
             return
         ready = record.ready_at.timestamp() if record.ready_at else None
         state = policy.initial_state(record.created_at.timestamp(), ready_at=ready)
-        atomic_write(state_path(store, record.id), policy.dumps(config_from_settings(settings), state))
+        atomic_write(state_path(store, record.id), policy.dumps(watchdog.policy_config(settings), state))
 
 
 def merge_state(
@@ -378,12 +371,12 @@ class Watcher:
         """``now`` when vLLM's counters (read through this laptop's tunnel) moved since the last
         tick. The tunnel being down is no signal: the VM side and the deadline decide then."""
         from maider.ops import metrics
-        from maider.session.lifecycle import _opener
+        from maider.session.lifecycle import local_opener
 
         if record.api_port is None:
             return None
         try:
-            with _opener().open(
+            with local_opener().open(
                 f"http://127.0.0.1:{record.api_port}/metrics", timeout=SCRAPE_TIMEOUT
             ) as resp:
                 current = metrics.parse_metrics(resp.read().decode("utf-8", "replace"))
@@ -400,8 +393,6 @@ class Watcher:
         """The VM side's last activity and extension, read over SSH. When the VM cannot be reached
         the last known state stands: the user's traffic goes through this laptop's tunnel, so if
         this laptop cannot reach the VM neither can the user, and deleting at the deadline is safe."""
-        from maider.session import watchdog
-
         try:
             view = watchdog.view(self.store, record, live=True)
         except Exception as exc:
@@ -546,8 +537,6 @@ def check_minutes(minutes: float) -> None:
 
 def _vm_side_acted(record: SessionRecord, now: float) -> bool:
     """Whether the VM's watchdog was last seen acting, or its last known deadline has passed."""
-    from maider.session import watchdog
-
     info = watchdog.facts(record)
     seen = info.get("last_seen") or {}
     if seen.get("phase") in ("destroying", "destroyed", "powering-off"):
@@ -559,8 +548,6 @@ def _vm_side_acted(record: SessionRecord, now: float) -> bool:
 
 
 def _vm_side_enabled(record: SessionRecord) -> bool:
-    from maider.session import watchdog
-
     return bool(watchdog.facts(record).get("enabled"))
 
 
@@ -573,7 +560,6 @@ def extend(
 ) -> Extension:
     """Postpone both watchdogs of a session by ``minutes`` (see :func:`policy.extend`)."""
     from maider.config import load_settings
-    from maider.session import watchdog
 
     check_minutes(minutes)
     store = store or SessionStore()
@@ -632,8 +618,6 @@ def describe(store: SessionStore, record: SessionRecord, *, live: bool) -> Watch
     """What ``list`` (``live=False``: local state only) and ``status`` (``live=True``: also the
     VM over SSH) show: the VM side's view merged with the laptop side's (latest activity and
     extension win). None for a session that is over."""
-    from maider.session import watchdog
-
     if record.status in (SessionStatus.DELETED, SessionStatus.DELETING, SessionStatus.FAILED):
         return None
     vm_view: WatchdogView | None = None

@@ -229,7 +229,7 @@ def allowed_ssh_cidrs(settings: MaiderSettings) -> list[str]:
 
     url = settings.my_ip_url
     try:
-        with _opener().open(url, timeout=10) as response:
+        with local_opener().open(url, timeout=10) as response:
             text = response.read(200).decode("ascii", "replace").strip()
         address = ipaddress.ip_address(text)
     except (OSError, ValueError) as exc:
@@ -260,7 +260,7 @@ def user_keypair(settings: MaiderSettings) -> KeyPair:
     return keys.KeyPair(private, public, public.read_text(encoding="utf-8").strip())
 
 
-def _opener() -> urllib.request.OpenerDirector:
+def local_opener() -> urllib.request.OpenerDirector:
     # No proxies: the VM's services are reached on 127.0.0.1 through the tunnel, and an
     # HTTP(S)_PROXY from the environment would send those requests elsewhere.
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -846,21 +846,13 @@ class _Up:
     # -- aider -----------------------------------------------------------------------------
 
     def _aider_files(self, record: SessionRecord) -> list[Path]:
-        from maider import aider
-
-        written: list[Path] = []
-        own = self.store.session_dir(record.id) / AIDER_DIR
-        own.mkdir(mode=0o700, exist_ok=True)
-        for directory in (own, self.aider_dir):
-            if directory is None:
-                continue
-            try:
-                written.extend(
-                    aider.write_session_files(directory, record, params_b=self.plan.model.params_b)
-                )
-            except (OSError, MaiderError) as exc:
-                self.reporter.warn(f"aider files not written in {directory}: {exc}")
-        return written
+        return write_aider_files(
+            self.store,
+            record,
+            params_b=self.plan.model.params_b,
+            aider_dir=self.aider_dir,
+            reporter=self.reporter,
+        )
 
     # -- failure ---------------------------------------------------------------------------
 
@@ -981,6 +973,31 @@ class _Up:
             ssh.close_master(self.target)
 
 
+def write_aider_files(
+    store: SessionStore,
+    record: SessionRecord,
+    *,
+    params_b: float | None,
+    aider_dir: Path | None,
+    reporter: Reporter,
+) -> list[Path]:
+    """aider's files for the session's model: in the session's own directory and ``aider_dir``
+    (the working directory of `up` or `switch-model`). A failure is a warning."""
+    from maider import aider
+
+    written: list[Path] = []
+    own = store.session_dir(record.id) / AIDER_DIR
+    own.mkdir(mode=0o700, exist_ok=True)
+    for directory in (own, aider_dir):
+        if directory is None:
+            continue
+        try:
+            written.extend(aider.write_session_files(directory, record, params_b=params_b))
+        except (OSError, MaiderError) as exc:
+            reporter.warn(f"aider files not written in {directory}: {exc}")
+    return written
+
+
 def up(
     plan: Plan,
     reporter: Reporter | None = None,
@@ -1098,7 +1115,7 @@ def _http(
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, headers=headers)
     try:
-        with _opener().open(request, timeout=timeout) as response:
+        with local_opener().open(request, timeout=timeout) as response:
             raw = response.read()
             status = response.status
     except urllib.error.HTTPError as exc:

@@ -162,7 +162,9 @@ def switch_model(
     except MaiderError as exc:  # not ready, SSH, the tunnel: all end in the previous model
         _roll_back(store, record, target, old, secrets, reporter, wait, failure=str(exc))
     updated = store.update(record.id, **healer.stack.record_fields(), last_error=None)
-    files = _aider_files(store, updated, spec.params_b, aider_dir, reporter)
+    files = lifecycle.write_aider_files(
+        store, updated, params_b=spec.params_b, aider_dir=aider_dir, reporter=reporter
+    )
     return SwitchResult(updated, old.model_id, healer.attempts, files)
 
 
@@ -191,27 +193,3 @@ def _roll_back(
         ) from None
     store.update(record.id, **old.record_fields())
     raise SwitchFailed(f"{failure}; rolled back to {old.model_id}, which answers again")
-
-
-def _aider_files(
-    store: SessionStore,
-    record: SessionRecord,
-    params_b: float | None,
-    aider_dir: Path | None,
-    reporter: Reporter,
-) -> list[Path]:
-    """aider's files for the new model: the session's own directory and ``aider_dir``, as `up`."""
-    from maider import aider
-    from maider.session.lifecycle import AIDER_DIR
-
-    written: list[Path] = []
-    own = store.session_dir(record.id) / AIDER_DIR
-    own.mkdir(mode=0o700, exist_ok=True)
-    for directory in (own, aider_dir):
-        if directory is None:
-            continue
-        try:
-            written.extend(aider.write_session_files(directory, record, params_b=params_b))
-        except (OSError, MaiderError) as exc:
-            reporter.warn(f"aider files not written in {directory}: {exc}")
-    return written

@@ -27,6 +27,7 @@ from maider.errors import MaiderError
 
 if TYPE_CHECKING:
     from maider.config import MaiderSettings
+    from maider.ops.watchdog_policy import WatchdogConfig
     from maider.provider import Provider, VMInstance
     from maider.remote.ssh import SSHTarget
     from maider.session.lifecycle import Reporter
@@ -95,18 +96,28 @@ class ProbeUsage:
 # --------------------------------------------------------------------------------------------
 
 
+def policy_config(settings: MaiderSettings) -> WatchdogConfig:
+    """The settings' limits as the policy both sides apply (seconds)."""
+    from maider.ops.watchdog_policy import WatchdogConfig
+
+    return WatchdogConfig(
+        idle_timeout_s=settings.idle_timeout_minutes * 60,
+        max_lifetime_s=settings.max_lifetime_hours * 3600,
+        warn_before_s=settings.watchdog_warn_minutes * 60,
+    )
+
+
 def vm_config(settings: MaiderSettings) -> dict[str, Any] | None:
     """The VM-side config (non-secret JSON in the user-data); None when the watchdog is off."""
     if not settings.watchdog:
         return None
-    from maider.ops import watchdog_policy
-
+    config = policy_config(settings)
     return {
         "version": 1,
-        "idle_timeout_s": settings.idle_timeout_minutes * 60,
-        "max_lifetime_s": settings.max_lifetime_hours * 3600,
-        "warn_before_s": settings.watchdog_warn_minutes * 60,
-        "max_extension_s": float(watchdog_policy.DEFAULT_MAX_EXTENSION_S),
+        "idle_timeout_s": config.idle_timeout_s,
+        "max_lifetime_s": config.max_lifetime_s,
+        "warn_before_s": config.warn_before_s,
+        "max_extension_s": float(config.max_extension_s),
         "poll_s": settings.watchdog_poll_seconds,
         "probe_stale_s": PROBE_STALE_S,
         "destroy_retry_s": DESTROY_RETRY_S,
@@ -122,11 +133,12 @@ def facts(record: SessionRecord) -> dict[str, Any]:
 
 
 def _base_facts(settings: MaiderSettings) -> dict[str, Any]:
+    config = policy_config(settings)
     return {
         "enabled": bool(settings.watchdog),
-        "idle_timeout_s": settings.idle_timeout_minutes * 60,
-        "max_lifetime_s": settings.max_lifetime_hours * 3600,
-        "warn_before_s": settings.watchdog_warn_minutes * 60,
+        "idle_timeout_s": config.idle_timeout_s,
+        "max_lifetime_s": config.max_lifetime_s,
+        "warn_before_s": config.warn_before_s,
     }
 
 
